@@ -1,0 +1,82 @@
+"""The one manifest format every dataset reader produces (JSONL, one utterance a line).
+
+Readers differ per corpus; everything downstream (feature extraction, training, scoring)
+only ever sees :class:`Utterance` records, so adding a corpus never touches the models.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class Utterance:
+    id: str  # unique within the dataset; also the cache file stem
+    split: str  # "train" | "dev" | "test"
+    signer: str  # signer id as the release spells it ("" when unknown)
+    glosses: list[str]  # gloss sequence, the CTC target (may be empty for unlabelled video)
+    source: str | None  # video file or frame folder; None for keypoint-only corpora
+    num_frames: int  # frames in the source (0 when unknown before decoding)
+    keypoints: str | None = None  # pre-extracted keypoint file (.npy/.npz/.pose), if any
+    fps: float = 25.0  # frame rate of the source
+    extra: dict = field(default_factory=dict)  # corpus-specific fields (e.g. translation)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @staticmethod
+    def from_dict(d: dict) -> "Utterance":
+        return Utterance(
+            id=d["id"], split=d["split"], signer=d.get("signer", ""),
+            glosses=list(d.get("glosses", [])), source=d.get("source"),
+            num_frames=int(d.get("num_frames", 0)), keypoints=d.get("keypoints"),
+            fps=float(d.get("fps", 25.0)), extra=dict(d.get("extra", {})),
+        )
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text via a temp file + rename so a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> None:
+    utts = list(utts)
+    ids = [u.id for u in utts]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"{path}: duplicate utterance ids {dup}")
+    atomic_write_text(path, "".join(u.to_json() + "\n" for u in utts))
+
+
+def read_manifest(path: str | os.PathLike, split: str | None = None) -> list[Utterance]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest not found; run `make features` first")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                u = Utterance.from_dict(json.loads(line))
+            except (json.JSONDecodeError, KeyError) as e:
+                raise ValueError(f"{path}:{n}: malformed manifest line ({e})") from None
+            if split is None or u.split == split:
+                out.append(u)
+    return out
