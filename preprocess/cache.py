@@ -41,13 +41,20 @@ def utt_path(cache_root: str | os.PathLike, dataset: str, split: str, utt_id: st
 
 
 def write_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], chash: str) -> None:
-    """Write arrays (uncompressed: loading speed matters more than disk) atomically."""
+    """Write arrays atomically as an uncompressed ``.npz`` (loading speed beats disk here).
+
+    Zip members get a fixed timestamp so the same arrays always give the same bytes: a run that
+    was killed and resumed leaves files identical to an uninterrupted run.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, config_hash=np.array(chash), **arrays)
+        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+            for name, arr in {"config_hash": np.array(chash), **arrays}.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with zf.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asarray(arr), allow_pickle=False)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
