@@ -1,0 +1,58 @@
+# signdistill: every stage is one target; every target installs what it needs first.
+# Usage: make demo | make test | make features DATASET=phoenix14 DATA_ROOT=/data | make teacher CONFIG=...
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATASET ?= synthsign
+DATA_ROOT ?=
+CACHE ?= cache
+WORKERS ?= 2
+SHARD ?= 0/1
+CONFIG ?= configs/teachers/synthsign_fusion_attention.yaml
+RECIPE ?= kdmslrt
+CKPT ?= exp/teacher/best.pt
+SPLIT ?= dev
+OUT ?= exp
+
+.PHONY: setup features teacher student eval export demo test bench clean-cache
+
+# The venv is rebuilt only when pyproject.toml changes, so `make setup` is quick when done.
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version.split()[0]}; set PYTHON=python3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e .
+	@touch $@
+
+setup: $(VENV)/.installed
+
+features: setup
+	$(PY) -m preprocess.features --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
+		--cache $(CACHE) --workers $(WORKERS) --shard $(SHARD)
+
+teacher: setup
+	$(PY) -m models.train --config $(CONFIG) --cache $(CACHE)
+
+student: setup
+	$(PY) -m distill.train --recipe $(RECIPE) --cache $(CACHE)
+
+eval: setup
+	$(PY) -m evaluate.eval --ckpt $(CKPT) --cache $(CACHE) --split $(SPLIT)
+
+demo: setup
+	$(PY) -m evaluate.demo --cache $(CACHE) --out $(OUT)/demo
+
+# sclite (Debian sctk) lets the scorer be checked against the official tool; tests skip without it.
+test: setup
+	@command -v sclite >/dev/null || command -v sctk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get install -y -qq sctk >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq sctk >/dev/null 2>&1)) || \
+		echo "note: sclite not installed; the sclite comparison tests will skip"; }
+	$(PY) -m pytest tests
+
+bench: setup
+	$(PY) -m preprocess.bench --out $(OUT)/bench_features.json
+	$(PY) -m models.flops
+
+clean-cache:
+	rm -rf $(CACHE)
