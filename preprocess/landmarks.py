@@ -1,0 +1,173 @@
+"""MediaPipe Holistic landmarks for a whole video: float32 [T, 543, 3] plus a detection mask.
+
+Uses the legacy ``mediapipe.solutions.holistic`` API of mediapipe 0.10.21 because its models
+ship inside the wheel and it runs offline; only ``model_complexity=1`` has its pose model in
+the wheel (0 and 2 download one at start-up and fail offline), so other values are refused.
+
+Layout (preprocess/layouts.py): pose 33, face 468, left hand 21, right hand 21. "Left" is the
+*person's* left hand as MediaPipe labels it, whatever the camera mirroring. Channels are
+(x, y, z): x and y normalised to the frame width/height (MediaPipe may place points slightly
+outside [0, 1]), z as MediaPipe gives it for each part (pose: depth relative to the hips; face
+and hands: relative depth). Pose visibility is not stored as a channel -- z keeps the cache
+consistent with `.pose` files -- but ``min_pose_visibility`` can mask low-visibility pose points.
+A part not found on a frame has mask False and coordinates 0.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from preprocess.layouts import FACE, LEFT_HAND, POSE, RIGHT_HAND
+
+NUM_POINTS = RIGHT_HAND[1]  # 543
+# (part name, slice in the 543 layout, attribute of MediaPipe's result)
+PARTS = (
+    ("pose", POSE, "pose_landmarks"),
+    ("face", FACE, "face_landmarks"),
+    ("left_hand", LEFT_HAND, "left_hand_landmarks"),
+    ("right_hand", RIGHT_HAND, "right_hand_landmarks"),
+)
+
+
+class NoPersonError(Exception):
+    """No pose, face or hand was found on any frame; message ``"<video>: <problem>"``."""
+
+
+@dataclass(frozen=True)
+class HolisticConfig:
+    model_complexity: int = 1  # only 1 ships in the mediapipe wheel (offline)
+    min_detection_confidence: float = 0.5  # person/hand detector threshold
+    min_tracking_confidence: float = 0.5  # below this the tracker re-runs detection
+    smooth_landmarks: bool = True  # temporal filtering of pose landmarks across frames
+    min_pose_visibility: float = 0.0  # pose points below this visibility get mask False (0: keep all)
+
+    def __post_init__(self) -> None:
+        if self.model_complexity != 1:
+            raise ValueError(
+                f"model_complexity={self.model_complexity!r} is not supported: only 1 ships inside the "
+                "mediapipe 0.10.21 wheel; 0 and 2 download their model at start-up and fail offline"
+            )
+        for name in ("min_detection_confidence", "min_tracking_confidence", "min_pose_visibility"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class HolisticExtractor:
+    """Per-video MediaPipe Holistic in video (tracking) mode.
+
+    One instance per worker process: the graph is built lazily on first use (so an unused
+    instance pickles into a worker) and reset before every video so tracking never carries
+    over from one video into the next. Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, config: HolisticConfig | None = None, **overrides: Any) -> None:
+        base = config or HolisticConfig()
+        self.config = HolisticConfig(**{**base.to_dict(), **overrides}) if overrides else base
+        self._graph = None
+        self._used = False
+
+    def __enter__(self) -> "HolisticExtractor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        return {"config": self.config}  # the native graph does not pickle; rebuilt on demand
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["config"])
+
+    def close(self) -> None:
+        if self._graph is not None:
+            self._graph.close()
+            self._graph = None
+            self._used = False
+
+    def _ensure_graph(self):
+        if self._graph is None:
+            from mediapipe.python.solutions import holistic
+
+            c = self.config
+            self._graph = holistic.Holistic(
+                static_image_mode=False,
+                model_complexity=c.model_complexity,
+                smooth_landmarks=c.smooth_landmarks,
+                enable_segmentation=False,
+                refine_face_landmarks=False,
+                min_detection_confidence=c.min_detection_confidence,
+                min_tracking_confidence=c.min_tracking_confidence,
+            )
+        elif self._used:
+            self._graph.reset()  # a fresh run: no tracking state from the previous video
+        self._used = True
+        return self._graph
+
+    def __call__(self, frames: np.ndarray, name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Landmarks of one video.
+
+        Args:
+            frames: uint8 RGB [T, H, W, 3], the frames of one video in order.
+            name: the video's path or id, used in error messages.
+
+        Returns:
+            keypoints float32 [T, 543, 3] and mask bool [T, 543].
+
+        Raises:
+            NoPersonError: nothing was detected on any frame.
+        """
+        label = name or "<frames>"
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"{label}: frames must be uint8 RGB [T, H, W, 3], got {frames.dtype} {frames.shape}")
+        t = frames.shape[0]
+        if t == 0:
+            raise ValueError(f"{label}: no frames to extract landmarks from")
+        graph = self._ensure_graph()
+        keypoints = np.zeros((t, NUM_POINTS, 3), dtype=np.float32)
+        mask = np.zeros((t, NUM_POINTS), dtype=bool)
+        min_vis = self.config.min_pose_visibility
+        for i in range(t):
+            image = np.ascontiguousarray(frames[i])
+            image.flags.writeable = False  # lets MediaPipe wrap the buffer without a copy
+            result = graph.process(image)
+            for part, (lo, hi), attr in PARTS:
+                found = getattr(result, attr)
+                if found is None:
+                    continue
+                lms = found.landmark
+                keypoints[i, lo:hi] = [(p.x, p.y, p.z) for p in lms]
+                if part == "pose" and min_vis > 0.0:
+                    mask[i, lo:hi] = [p.visibility >= min_vis for p in lms]
+                    keypoints[i, lo:hi][~mask[i, lo:hi]] = 0.0
+                else:
+                    mask[i, lo:hi] = True
+        if not mask.any():
+            raise NoPersonError(
+                f"{label}: no person detected on any of {t} frames; check the video shows a signer "
+                f"(or lower min_detection_confidence, now {self.config.min_detection_confidence})"
+            )
+        return keypoints, mask
+
+
+def detection_rates(mask: np.ndarray) -> dict[str, float]:
+    """Fraction of frames on which each part was found, for the extraction report.
+
+    Args:
+        mask: bool [T, 543].
+
+    Returns:
+        ``{"pose", "face", "left_hand", "right_hand", "any_hand"}`` -> fraction in [0, 1]
+        (all 0.0 for an empty video).
+    """
+    if mask.ndim != 2 or mask.shape[1] != NUM_POINTS:
+        raise ValueError(f"mask must be [T, {NUM_POINTS}], got {mask.shape}")
+    t = mask.shape[0]
+    found = {part: mask[:, lo:hi].any(axis=1) for part, (lo, hi), _ in PARTS}  # each [T]
+    found["any_hand"] = found["left_hand"] | found["right_hand"]
+    return {part: float(f.mean()) if t else 0.0 for part, f in found.items()}
