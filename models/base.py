@@ -2,7 +2,7 @@
 
 ``forward(inputs: dict[str, Tensor], lengths: LongTensor[B]) -> ModelOutput``. Models are pure:
 no loss and no decoding inside, so they export to ONNX and distillation reads their features.
-Input names match the cache arrays: ``rgb`` float [B, T, 3, H, W] (normalised),
+Input names match the cache arrays: ``rgb`` float [B, T, 3, H, W] in [0, 1] (the model applies ImageNet mean/std),
 ``keypoints`` float [B, T, K, 3], ``keypoints_mask`` bool [B, T, K], ``flow`` float [B, T, 2, h, w].
 """
 from __future__ import annotations

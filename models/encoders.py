@@ -1,0 +1,291 @@
+"""Per-frame stream encoders: RGB (torchvision ResNet or a tiny CNN), keypoints (MLP), optical flow (CNN).
+
+Every encoder maps one stream of a padded batch to frame features ``[B, T, D]`` (``out_dim``)
+with zeros on padded frames; temporal modelling happens afterwards (``models.temporal``).
+Students reuse these encoders, so each is usable on its own.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from models.temporal import length_mask
+from preprocess.layouts import HOLISTIC_543
+
+RESNETS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}  # backbone -> feature width (fc removed)
+RGB_BACKBONES = (*RESNETS, "tiny")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TORCH_CACHE = "imagenet"  # rgb_pretrained value meaning "torchvision's file in the torch hub cache"
+LEFT_SHOULDER, RIGHT_SHOULDER = 11, 12  # MediaPipe pose indices (holistic layout)
+
+_warned_random_init: set[str] = set()  # backbones already warned about, so the warning shows once
+
+
+def per_valid_frame(fn: Callable[[Tensor], Tensor], x: Tensor, lengths: Tensor) -> Tensor:
+    """Apply a per-frame network to the valid frames of a padded batch only.
+
+    Padded frames cost no compute and never enter BatchNorm statistics; they come back as zeros.
+
+    Args:
+        fn: maps [N, *frame_shape] -> [N, D].
+        x: [B, T, *frame_shape].
+        lengths: [B] valid frames.
+
+    Returns:
+        [B, T, D], zero on padded frames.
+    """
+    b, t = x.shape[:2]
+    valid = length_mask(lengths, t)  # [B, T]
+    feats = fn(x[valid])  # [N = sum(lengths), *frame_shape] -> [N, D]
+    out = feats.new_zeros(b, t, feats.shape[-1])  # [B, T, D]
+    out[valid] = feats
+    return out
+
+
+def _check_state_dict(state: dict[str, Tensor], model: nn.Module, path: Path, backbone: str) -> None:
+    """Raise one clear ValueError when ``state`` is not a ``backbone`` state dict (fc ignored)."""
+    want = {k: v.shape for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    have = {k: v.shape for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    missing = sorted(set(want) - set(have))
+    unexpected = sorted(set(have) - set(want))
+    wrong = sorted(k for k in set(want) & set(have) if tuple(want[k]) != tuple(have[k]))
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(have[k])}, model {tuple(want[k])})")
+    raise ValueError(
+        f"{path}: not a torchvision {backbone} state dict: {'; '.join(parts)}. "
+        f"Give rgb_pretrained the ImageNet weights file of {backbone} (torchvision's {backbone}-*.pth)"
+    )
+
+
+def torch_cache_weights(backbone: str) -> Path:
+    """Path of torchvision's ImageNet file for ``backbone`` in the torch hub cache (must exist)."""
+    enum = torchvision.models.get_model_weights(backbone)
+    ckpt_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    candidates = [ckpt_dir / w.url.rsplit("/", 1)[-1] for w in enum]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"rgb_pretrained={TORCH_CACHE!r} but no {backbone} ImageNet weights in {ckpt_dir} "
+        f"(looked for {', '.join(p.name for p in candidates)}); copy the file there or give its path"
+    )
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path, backbone: str) -> None:
+    """Load ImageNet weights into a torchvision ResNet whose fc was removed.
+
+    Accepts a plain state dict or one wrapped in ``{"state_dict": ...}``/``{"model": ...}``,
+    with or without a DDP ``module.`` prefix; ``fc.*`` entries are dropped. Anything else
+    raises a ValueError naming the file before a single weight is copied.
+    """
+    path = Path(torch_cache_weights(backbone) if str(path) == TORCH_CACHE else path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: rgb_pretrained weights file not found; fix the path or set rgb_pretrained: null"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line error
+        raise ValueError(f"{path}: cannot read as a torch state dict ({exc.__class__.__name__}: {exc})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # DDP checkpoints prefix every key
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the classifier is not used
+    _check_state_dict(state, model, path, backbone)
+    model.load_state_dict(state, strict=False)  # keys verified above; only num_batches_tracked may differ
+
+
+class TinyCNN(nn.Module):
+    """Four stride-2 conv layers (c, 2c, 4c, 8c channels) + global average pool: 48-64 px frames on a CPU."""
+
+    def __init__(self, channels: int = 16, in_channels: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for i in range(4):
+            c_out = channels * 2**i
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
+            c_in = c_out
+        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.out_dim = c_in
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Args:
+            x: [N, C, H, W]. Returns [N, 8 * channels]."""
+        return self.net(x)
+
+
+class RGBEncoder(nn.Module):
+    """Per-frame 2D CNN over RGB frames in [0, 1]; ImageNet normalisation happens here."""
+
+    def __init__(self, backbone: str = "resnet18", pretrained: str | None = None, tiny_channels: int = 16) -> None:
+        super().__init__()
+        if backbone not in RGB_BACKBONES:
+            raise ValueError(f"unknown rgb_backbone {backbone!r}; choose one of {RGB_BACKBONES}")
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        if backbone == "tiny":
+            if pretrained is not None:
+                raise ValueError(
+                    f"rgb_pretrained={pretrained!r} given for rgb_backbone 'tiny', which has no ImageNet weights"
+                )
+            self.cnn: nn.Module = TinyCNN(tiny_channels)
+            self.out_dim = self.cnn.out_dim
+            return
+        net = getattr(torchvision.models, backbone)(weights=None)
+        net.fc = nn.Identity()  # keep the pooled 512/2048-d feature
+        if pretrained is not None:
+            load_backbone_weights(net, pretrained, backbone)
+        elif backbone not in _warned_random_init:
+            _warned_random_init.add(backbone)
+            warnings.warn(
+                f"no ImageNet weights for {backbone} (rgb_pretrained is None): random init; "
+                f"set rgb_pretrained to a local torchvision {backbone} state dict file or {TORCH_CACHE!r}",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.cnn = net
+        self.out_dim = RESNETS[backbone]
+
+    def forward(self, rgb: Tensor, lengths: Tensor) -> Tensor:
+        """Args:
+            rgb: [B, T, 3, H, W] in [0, 1].
+            lengths: [B] valid frames.
+
+        Returns:
+            [B, T, out_dim], zero on padded frames.
+        """
+        return per_valid_frame(lambda x: self.cnn((x - self.mean) / self.std), rgb, lengths)
+
+
+def normalise_keypoints(kp: Tensor, mask: Tensor, indices: Tensor, holistic: bool, eps: float = 1e-3) -> Tensor:
+    """Select a subset of points and make it translation- and scale-invariant per frame.
+
+    Holistic layout: centre on the shoulder midpoint and divide by the shoulder width when
+    both shoulders are visible (a body-relative frame that stays put while the hands move,
+    whether or not the subset contains the shoulders); other frames and other layouts: centre
+    on the subset's visible points' mean and divide by their std. z is scaled by the same
+    factor. Coordinates of masked points never enter and come out as 0.
+
+    Args:
+        kp: [B, T, K, 3] raw coordinates (x, y in [0, 1] of the frame, z).
+        mask: [B, T, K] True where the point was detected.
+        indices: [K'] subset of the K points to return.
+        holistic: True when K indexes the MediaPipe Holistic 543 layout.
+
+    Returns:
+        [B, T, K', 3] normalised coordinates, zero where masked.
+    """
+    full = torch.where(mask.unsqueeze(-1), kp, torch.zeros_like(kp))  # NaN-safe zeroing of missing points
+    pts = full.index_select(2, indices)  # [B, T, K', 3]
+    sub = mask.index_select(2, indices)  # [B, T, K']
+    m = sub.unsqueeze(-1).to(pts.dtype)  # [B, T, K', 1]
+    xy = pts[..., :2]  # [B, T, K', 2]
+    count = m.sum(dim=2, keepdim=True)  # [B, T, 1, 1]
+    centre = (xy * m).sum(dim=2, keepdim=True) / count.clamp(min=1)  # [B, T, 1, 2]
+    var = (((xy - centre) ** 2) * m).sum(dim=(2, 3), keepdim=True) / (2 * count).clamp(min=1)  # [B, T, 1, 1]
+    scale = var.sqrt().clamp(min=eps)
+    if holistic:
+        ls, rs = full[:, :, LEFT_SHOULDER, :2], full[:, :, RIGHT_SHOULDER, :2]  # [B, T, 2]
+        width = (ls - rs).norm(dim=-1)  # [B, T]
+        ok = mask[:, :, LEFT_SHOULDER] & mask[:, :, RIGHT_SHOULDER] & (width > eps)  # [B, T]
+        ok = ok[:, :, None, None]  # [B, T, 1, 1]
+        centre = torch.where(ok, ((ls + rs) / 2)[:, :, None, :], centre)
+        scale = torch.where(ok, width[:, :, None, None].clamp(min=eps), scale)
+    out = torch.cat([(xy - centre) / scale, pts[..., 2:] / scale], dim=-1)  # [B, T, K', 3]
+    return out.clamp(-10.0, 10.0) * m
+
+
+class KeypointEncoder(nn.Module):
+    """Per-frame MLP over K points given as (x, y, z, mask) after ``normalise_keypoints``.
+
+    The subset (e.g. ``mediapipe_92``) is chosen by ``indices`` into the cached layout, so one
+    cache serves every landmark model; normalisation may use points outside it (shoulders).
+    """
+
+    def __init__(self, indices: Tensor | list[int], layout: str, out_dim: int = 256, dropout: float = 0.0) -> None:
+        super().__init__()
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        self.register_buffer("indices", idx, persistent=False)
+        self.holistic = layout == HOLISTIC_543
+        in_dim = idx.numel() * 4
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, out_dim),
+            nn.LayerNorm(out_dim),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(out_dim, out_dim),
+            nn.LayerNorm(out_dim),
+            nn.ReLU(inplace=True),
+        )
+        self.out_dim = out_dim
+
+    def forward(self, keypoints: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
+        """Args:
+            keypoints: [B, T, K, 3] raw cache coordinates.
+            mask: [B, T, K] bool, True where detected.
+            lengths: [B] valid frames.
+
+        Returns:
+            [B, T, out_dim], zero on padded frames.
+        """
+        b, t = keypoints.shape[:2]
+        pts = normalise_keypoints(keypoints.float(), mask, self.indices, self.holistic)  # [B, T, K', 3]
+        sub_mask = mask.index_select(2, self.indices).unsqueeze(-1).to(pts.dtype)  # [B, T, K', 1]
+        x = torch.cat([pts, sub_mask], dim=-1).reshape(b, t, -1)  # [B, T, K' * 4]
+        y = self.mlp(x)  # [B, T, out_dim]
+        return y * length_mask(lengths, t).unsqueeze(-1).to(y.dtype)
+
+
+class FlowEncoder(nn.Module):
+    """Small 2D CNN per frame pair over optical flow in pixels.
+
+    A BatchNorm on the two input channels learns the flow's scale, so caches at any
+    resolution (flow magnitudes grow with frame size) need no hand-set constant.
+    """
+
+    def __init__(self, channels: int = 16) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.BatchNorm2d(2)]
+        c_in = 2
+        for i in range(3):
+            c_out = channels * 2**i
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
+            c_in = c_out
+        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.out_dim = c_in
+
+    def forward(self, flow: Tensor, lengths: Tensor) -> Tensor:
+        """Args:
+            flow: [B, T, 2, h, w] in pixels.
+            lengths: [B] valid frames.
+
+        Returns:
+            [B, T, 4 * channels], zero on padded frames.
+        """
+        return per_valid_frame(self.net, flow.float(), lengths)
