@@ -1,0 +1,202 @@
+"""CTC decoding: batched greedy and prefix beam search with an optional gloss n-gram LM.
+
+Decoding runs once per evaluation over every utterance, so it must never be the bottleneck:
+greedy is one batched argmax; the beam search works on NumPy rows and expands, per frame, only
+the `token_topk` most probable glosses (a gloss outside them cannot enter a beam of that width
+unless its prefix is already far ahead, which pruning would discard anyway).
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from evaluate.lm import EOS
+
+NEG_INF = float("-inf")
+
+
+class GlossLM(Protocol):
+    """What the beam search needs from a language model (evaluate.lm.NGramLM provides it)."""
+
+    def score(self, prefix: Sequence, token) -> float: ...
+
+
+def _check(log_probs: Tensor, lengths: Tensor, blank: int) -> None:
+    if log_probs.dim() != 3:
+        raise ValueError(f"log_probs must be [B, T, V], got shape {tuple(log_probs.shape)}")
+    if lengths.dim() != 1 or lengths.shape[0] != log_probs.shape[0]:
+        raise ValueError(f"lengths must be [B={log_probs.shape[0]}], got shape {tuple(lengths.shape)}")
+    if not 0 <= blank < log_probs.shape[2]:
+        raise ValueError(f"blank={blank} is outside the vocabulary of size {log_probs.shape[2]}")
+
+
+def greedy_decode(log_probs: Tensor, lengths: Tensor, blank: int = 0) -> list[list[int]]:
+    """Best path: argmax per frame, merge repeats, drop blanks.
+
+    Args:
+        log_probs: [B, T, V] frame scores (log-probabilities or logits; only the argmax is used).
+        lengths: [B] valid frames per sequence; frames beyond are ignored.
+        blank: index of the CTC blank.
+
+    Returns:
+        B token-id lists.
+    """
+    _check(log_probs, lengths, blank)
+    b, t, _ = log_probs.shape
+    best = log_probs.argmax(dim=-1)  # [B, T]
+    prev = torch.cat([torch.full((b, 1), -1, dtype=best.dtype, device=best.device), best[:, :-1]], dim=1)
+    valid = torch.arange(t, device=best.device)[None, :] < lengths.to(best.device)[:, None]  # [B, T]
+    keep = (best != blank) & (best != prev) & valid
+    best, keep = best.cpu(), keep.cpu()
+    return [best[i][keep[i]].tolist() for i in range(b)]
+
+
+def _logaddexp(a: float, b: float) -> float:
+    if a == NEG_INF:
+        return b
+    if b == NEG_INF:
+        return a
+    if a > b:
+        return a + math.log1p(math.exp(b - a))
+    return b + math.log1p(math.exp(a - b))
+
+
+def prefix_beam_search(
+    log_probs: np.ndarray,
+    beam: int = 10,
+    lm: GlossLM | None = None,
+    lm_weight: float = 0.5,
+    insertion_bonus: float = 0.0,
+    tokens: Sequence | None = None,
+    blank: int = 0,
+    token_topk: int | None = None,
+) -> list[tuple[tuple[int, ...], float]]:
+    """CTC prefix beam search over one utterance; returns the n-best (prefix, score), best first.
+
+    Every prefix keeps two log scores: ending in blank (p_b) and ending in its last gloss (p_nb).
+    Both are needed because a repeated gloss only starts a new label after a blank: from `A`,
+    frame `A` extends p_nb of `A` itself, while `A A` can only grow from p_b(`A`).
+
+    Args:
+        log_probs: [T, V] log-probabilities of the valid frames.
+        beam: prefixes kept after each frame.
+        lm: optional LM; `lm_weight * lm.score(prefix, gloss)` is added when a gloss is appended
+            and `lm_weight * lm.score(prefix, "</s>")` at the end.
+        lm_weight: LM scale.
+        insertion_bonus: added per appended gloss (counters the LM's bias to short outputs).
+        tokens: id -> gloss table for the LM (e.g. `Vocabulary.tokens`); None: the LM sees ids.
+        blank: CTC blank index.
+        token_topk: glosses expanded per frame (default: `beam`, at most V - 1).
+
+    Without pruning (beam and token_topk large enough) the score of a prefix is exactly
+    log P(labelling | x), i.e. the sum over all its CTC alignments.
+    """
+    if beam < 1:
+        raise ValueError(f"beam must be >= 1, got {beam}")
+    t_len, v = log_probs.shape
+    k = min(v - 1, token_topk if token_topk is not None else beam)
+    if k < 1 and v > 1:
+        raise ValueError(f"token_topk must be >= 1, got {token_topk}")
+
+    lm_cache: dict[tuple[tuple[int, ...], int], float] = {}
+    # an n-gram LM only sees the last n-1 glosses, so beams sharing them share one LM lookup
+    ctx = getattr(lm, "order", 0) - 1
+
+    def lm_bonus(prefix: tuple[int, ...], c: int) -> float:
+        if lm is None:
+            return insertion_bonus
+        hist_ids = prefix if ctx < 0 else prefix[max(0, len(prefix) - ctx) :] if ctx > 0 else ()
+        key = (hist_ids, c)  # truncated histories have length ctx, shorter prefixes less: no clash
+        got = lm_cache.get(key)
+        if got is None:
+            hist = [tokens[i] for i in hist_ids] if tokens is not None else list(hist_ids)
+            got = insertion_bonus + lm_weight * lm.score(hist, tokens[c] if tokens is not None else c)
+            lm_cache[key] = got
+        return got
+
+    # candidate glosses per frame: top-k by probability, blank excluded
+    lp_nb = log_probs.copy()
+    lp_nb[:, blank] = NEG_INF
+    if k < v - 1:
+        cand = np.argpartition(-lp_nb, k - 1, axis=1)[:, :k]  # [T, k]
+    else:
+        cand = np.tile(np.array([i for i in range(v) if i != blank]), (t_len, 1))
+    rows = log_probs.tolist()
+    cand_l = cand.tolist()
+
+    beams: dict[tuple[int, ...], list[float]] = {(): [0.0, NEG_INF]}  # prefix -> [p_b, p_nb]
+    for t in range(t_len):
+        row = rows[t]
+        p_blank = row[blank]
+        nxt: dict[tuple[int, ...], list[float]] = {}
+        for prefix, (pb, pnb) in beams.items():
+            total = _logaddexp(pb, pnb)
+            entry = nxt.setdefault(prefix, [NEG_INF, NEG_INF])
+            entry[0] = _logaddexp(entry[0], total + p_blank)
+            last = prefix[-1] if prefix else -1
+            for c in cand_l[t]:
+                p = row[c]
+                if p == NEG_INF:
+                    continue
+                new = prefix + (c,)
+                ext = nxt.setdefault(new, [NEG_INF, NEG_INF])
+                if c == last:
+                    ext[1] = _logaddexp(ext[1], pb + p + lm_bonus(prefix, c))
+                    entry[1] = _logaddexp(entry[1], pnb + p)  # repeat collapses into the prefix
+                else:
+                    ext[1] = _logaddexp(ext[1], total + p + lm_bonus(prefix, c))
+            if last >= 0 and last not in cand_l[t]:  # keep the collapse path even if pruned
+                entry[1] = _logaddexp(entry[1], pnb + row[last])
+        alive = [(pre, sc) for pre, sc in nxt.items() if sc[0] > NEG_INF or sc[1] > NEG_INF]
+        alive = alive or [((), [NEG_INF, NEG_INF])]  # every path impossible (all -inf frames)
+        beams = dict(heapq.nlargest(beam, alive, key=lambda kv: _logaddexp(*kv[1])))
+
+    final = []
+    for prefix, (pb, pnb) in beams.items():
+        s = _logaddexp(pb, pnb)
+        if lm is not None:
+            hist = [tokens[i] for i in prefix] if tokens is not None else list(prefix)
+            s += lm_weight * lm.score(hist, EOS)
+        final.append((prefix, s))
+    final.sort(key=lambda x: x[1], reverse=True)
+    return final
+
+
+def beam_decode(
+    log_probs: Tensor,
+    lengths: Tensor,
+    beam: int = 10,
+    lm: GlossLM | None = None,
+    lm_weight: float = 0.5,
+    insertion_bonus: float = 0.0,
+    tokens: Sequence | None = None,
+    blank: int = 0,
+    token_topk: int | None = None,
+) -> list[list[int]]:
+    """Batched CTC prefix beam search; returns the best labelling of each sequence.
+
+    Args:
+        log_probs: [B, T, V] log-probabilities (apply log_softmax to logits first).
+        lengths: [B] valid frames per sequence.
+        beam, lm, lm_weight, insertion_bonus, tokens, blank, token_topk: see `prefix_beam_search`.
+
+    Returns:
+        B token-id lists.
+    """
+    _check(log_probs, lengths, blank)
+    lp = log_probs.detach().float().cpu().numpy()
+    lens = lengths.detach().cpu().tolist()
+    out = []
+    for i, n in enumerate(lens):
+        n = max(0, min(int(n), lp.shape[1]))
+        if n == 0:
+            out.append([])
+            continue
+        best = prefix_beam_search(lp[i, :n], beam, lm, lm_weight, insertion_bonus, tokens, blank, token_topk)
+        out.append(list(best[0][0]))
+    return out
