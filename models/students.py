@@ -1,0 +1,393 @@
+"""Student models (DESIGN section 5) and the KD-MSLRT landmark augmentations.
+
+Three students, all under the ``models.base`` contract (``forward(inputs, lengths) ->
+ModelOutput`` with logits "main" (+ "conv_main") and features "frame" [B, T, D], "temporal"
+and "context" [B, T // 4, D]):
+
+- ``LandmarkStudent`` (KD-MSLRT's 1D student): MediaPipe landmarks (the 92-point subset or
+  any K) -> per-frame linear embedding of (x, y, z, mask) -> K5-P2-K5-P2 temporal convs
+  (T -> T // 4) -> a small transformer encoder -> classifier shared by the conv and the
+  transformer levels. Under 1 M parameters, written with plain ops so it exports to ONNX with
+  a dynamic time axis and quantises to int8 under 2 MB.
+- ``RGBStudent``: a tiny per-frame CNN -> K5-P2-K5-P2 -> BiLSTM (VAC/SMKD layout, small).
+- LRINet (``models.lrinet``), CRKD's low-resolution student.
+
+``build_student(cfg, vocab_size, spec)`` builds any of them and refuses, with one clear
+message, a student that cannot take the cache's inputs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from models.base import InputSpec, ModelOutput
+from models.encoders import RGBEncoder, normalise_keypoints
+from models.lrinet import LRINet, LRINetConfig
+from models.temporal import BiLSTM, TemporalConv, length_mask, pad_min_time
+from preprocess.layouts import HOLISTIC_543, SUBSETS, mirror_permutation, subset_indices
+
+STUDENT_KINDS = ("landmark", "rgb", "lrinet")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Which student and its sizes; saved in checkpoints so ``build_student`` rebuilds it."""
+
+    kind: str = "landmark"  # "landmark" (1D landmark student) | "rgb" (tiny CNN + BiLSTM) | "lrinet" (CRKD)
+    keypoint_subset: str = "mediapipe_92"  # landmark: preprocess.layouts subset, or "all" (custom layouts)
+    dim: int = 128  # landmark: model width (embedding, temporal convs, transformer)
+    layers: int = 2  # landmark: transformer encoder layers
+    heads: int = 4  # landmark: attention heads (dim must divide by it)
+    ff_dim: int = 512  # landmark: transformer feed-forward width
+    kernel_size: int = 5  # landmark/rgb: temporal conv kernel (K5-P2-K5-P2)
+    rgb_channels: int = 16  # rgb: first conv width of the tiny CNN (doubles per layer; frame feature 8x)
+    hidden: int = 256  # rgb: temporal conv / BiLSTM width (even)
+    lstm_layers: int = 1  # rgb: BiLSTM layers
+    input_size: int = 72  # lrinet: input side r (56, 72, 88, 104); other cached sizes are resized
+    grad_stop_p: float = 0.0  # lrinet: CRKD stochastic gradient stopping probability per frame
+    dropout: float = 0.1  # dropout inside the student
+
+    def __post_init__(self) -> None:
+        if self.kind not in STUDENT_KINDS:
+            raise ValueError(f"unknown student kind {self.kind!r}; choose one of {STUDENT_KINDS}")
+        if self.keypoint_subset != "all" and self.keypoint_subset not in SUBSETS:
+            raise ValueError(f"unknown keypoint_subset {self.keypoint_subset!r}; choose 'all' or one of {sorted(SUBSETS)}")
+        for name in ("dim", "layers", "heads", "ff_dim", "rgb_channels", "hidden", "lstm_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"student {name} must be >= 1, got {getattr(self, name)}")
+        if self.dim % self.heads:
+            raise ValueError(f"student dim {self.dim} is not divisible by heads {self.heads}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"student kernel_size must be odd and >= 1, got {self.kernel_size}")
+        if self.hidden % 2:
+            raise ValueError(f"student hidden must be even (BiLSTM directions), got {self.hidden}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"student dropout must be in [0, 1), got {self.dropout}")
+        if self.kind == "lrinet":
+            LRINetConfig(input_size=self.input_size, grad_stop_p=self.grad_stop_p)  # validates both
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "StudentConfig":
+        known = {f.name for f in fields(StudentConfig)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown student option(s) {unknown}; known: {sorted(known)}")
+        return StudentConfig(**d)
+
+
+def sinusoidal_positions(steps: int, dim: int, device: torch.device | None = None) -> Tensor:
+    """[steps, dim] sine/cosine position codes (Vaswani et al.); built per call, any length."""
+    pos = torch.arange(steps, device=device, dtype=torch.float32).unsqueeze(1)  # [T, 1]
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))  # [dim/2]
+    angles = pos * freq  # [T, dim/2]
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).reshape(steps, -1)[:, :dim]  # interleave -> [T, dim]
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm transformer encoder layer with a key-padding mask, in plain exportable ops."""
+
+    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.scale = 1.0 / math.sqrt(dim // heads)
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_dim, dim))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, key_valid: Tensor) -> Tensor:
+        """Args:
+            x: [B, T, D].
+            key_valid: [B, T] bool, False on padded steps (never attended to).
+
+        Returns:
+            [B, T, D].
+        """
+        b, t, d = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # [3, B, H, T, dh]
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale  # [B, H, T, T]
+        scores = scores.masked_fill(~key_valid[:, None, None, :], -1e4)
+        attn = torch.matmul(scores.softmax(dim=-1), v)  # [B, H, T, dh]
+        attn = attn.transpose(1, 2).reshape(b, t, d)  # [B, T, H * dh]
+        x = x + self.dropout(self.out(attn))
+        return x + self.dropout(self.ff(self.norm2(x)))
+
+
+class LandmarkStudent(nn.Module):
+    """KD-MSLRT 1D landmark student: embedding -> K5-P2-K5-P2 -> transformer -> shared classifier.
+
+    Args:
+        vocab_size: classes including the blank (index 0).
+        indices: the K' points (into the cached layout) the model reads.
+        layout: the cache's layout name (holistic: shoulder-based normalisation).
+    """
+
+    def __init__(self, vocab_size: int, indices: Tensor | list[int] | np.ndarray, layout: str, cfg: StudentConfig = StudentConfig()) -> None:
+        super().__init__()
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        self.register_buffer("indices", idx, persistent=False)
+        self.holistic = layout == HOLISTIC_543
+        self.embed = nn.Sequential(nn.Linear(idx.numel() * 4, cfg.dim), nn.LayerNorm(cfg.dim), nn.ReLU(inplace=True))
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.conv = TemporalConv(cfg.dim, cfg.dim, cfg.kernel_size)
+        self.layers = nn.ModuleList(EncoderLayer(cfg.dim, cfg.heads, cfg.ff_dim, cfg.dropout) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.classifier = nn.Linear(cfg.dim, vocab_size)
+        self.dim = cfg.dim
+
+    def forward(self, inputs: dict[str, Tensor], lengths: Tensor) -> ModelOutput:
+        """Args:
+            inputs: "keypoints" [B, T, K, 3] raw cache coordinates (x, y in [0, 1]; NaN allowed
+                where missing) and "keypoints_mask" [B, T, K] bool (optional: finite points).
+            lengths: [B] valid frames.
+
+        Returns:
+            ModelOutput: logits "main" (transformer) and "conv_main" (conv block) [B, T // 4, V];
+            features "frame" [B, T, D], "temporal" and "context" [B, T // 4, D].
+        """
+        kp = inputs["keypoints"].float()
+        t_in = kp.shape[1]
+        finite = torch.isfinite(kp).all(dim=-1)  # [B, T, K]
+        mask = inputs["keypoints_mask"].bool() & finite if "keypoints_mask" in inputs else finite
+        kp, mask = pad_min_time(kp), pad_min_time(mask)
+        b, t = kp.shape[:2]
+        pts = normalise_keypoints(kp, mask, self.indices, self.holistic)  # [B, T, K', 3]
+        sub_mask = mask.index_select(2, self.indices).unsqueeze(-1).to(pts.dtype)  # [B, T, K', 1]
+        x = torch.cat([pts, sub_mask], dim=-1).reshape(b, t, -1)  # [B, T, K' * 4]
+        frame = self.embed(x) * length_mask(lengths, t).unsqueeze(-1).to(pts.dtype)  # [B, T, D]
+
+        temporal, out_lengths = self.conv(self.dropout(frame), lengths)  # [B, T', D]
+        valid = length_mask(out_lengths, temporal.shape[1])  # [B, T']
+        h = temporal + sinusoidal_positions(temporal.shape[1], self.dim, temporal.device).unsqueeze(0)
+        for layer in self.layers:
+            h = layer(self.dropout(h), valid)
+        context = self.norm(h) * valid.unsqueeze(-1).to(h.dtype)  # [B, T', D]
+        logits = {"main": self.classifier(context), "conv_main": self.classifier(temporal)}
+        feats = {"frame": frame[:, :t_in], "temporal": temporal, "context": context}
+        return ModelOutput(logits=logits, out_lengths=out_lengths, features=feats)
+
+
+class RGBStudent(nn.Module):
+    """Small RGB-only student: tiny per-frame CNN -> K5-P2-K5-P2 -> BiLSTM, shared classifier (SMKD)."""
+
+    def __init__(self, vocab_size: int, cfg: StudentConfig = StudentConfig(kind="rgb")) -> None:
+        super().__init__()
+        self.encoder = RGBEncoder("tiny", tiny_channels=cfg.rgb_channels)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.conv = TemporalConv(self.encoder.out_dim, cfg.hidden, cfg.kernel_size)
+        self.lstm = BiLSTM(cfg.hidden, cfg.hidden, cfg.lstm_layers, cfg.dropout)
+        self.classifier = nn.Linear(cfg.hidden, vocab_size)
+
+    def forward(self, inputs: dict[str, Tensor], lengths: Tensor) -> ModelOutput:
+        """Args:
+            inputs: "rgb" [B, T, 3, H, W] float in [0, 1] (any H, W >= 16).
+            lengths: [B] valid frames.
+
+        Returns:
+            ModelOutput: logits "main" (BiLSTM), "conv_main" [B, T // 4, V]; features
+            "frame" [B, T, 8 * rgb_channels], "temporal", "context" [B, T // 4, hidden].
+        """
+        rgb = inputs["rgb"]
+        frame = self.encoder(pad_min_time(rgb), lengths)  # [B, T, D]
+        temporal, out_lengths = self.conv(self.dropout(frame), lengths)  # [B, T', H]
+        context = self.lstm(self.dropout(temporal), out_lengths)  # [B, T', H]
+        logits = {"main": self.classifier(context), "conv_main": self.classifier(temporal)}
+        feats = {"frame": frame[:, : rgb.shape[1]], "temporal": temporal, "context": context}
+        return ModelOutput(logits=logits, out_lengths=out_lengths, features=feats)
+
+
+def build_student(cfg: StudentConfig, vocab_size: int, spec: InputSpec) -> nn.Module:
+    """The student ``cfg`` describes, for a cache whose inputs ``spec`` describes.
+
+    Raises:
+        ValueError: (one line naming the fix) when the cache lacks the student's input,
+            e.g. an RGB student on a keypoint-only corpus, or a subset the layout lacks.
+    """
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size must be >= 2 (blank + one gloss), got {vocab_size}")
+    if cfg.kind == "landmark":
+        if spec.num_keypoints <= 0:
+            raise ValueError(
+                "student kind 'landmark' needs keypoints but the cache has none; "
+                "extract landmarks (make features) or choose an rgb/lrinet student"
+            )
+        indices = subset_indices(spec.keypoint_layout, cfg.keypoint_subset, spec.num_keypoints)
+        return LandmarkStudent(vocab_size, indices, spec.keypoint_layout, cfg)
+    if spec.rgb_size <= 0:
+        raise ValueError(
+            f"student kind {cfg.kind!r} needs RGB frames but the cache has none (keypoint-only corpus?); "
+            "cache rgb in make features or choose the landmark student"
+        )
+    if cfg.kind == "rgb":
+        return RGBStudent(vocab_size, cfg)
+    return LRINet(vocab_size, LRINetConfig(input_size=cfg.input_size, grad_stop_p=cfg.grad_stop_p, dropout=cfg.dropout))
+
+
+# --------------------------------------------------------------------------------------------
+# Landmark augmentations (KD-MSLRT): applied to one utterance's cached arrays before batching.
+
+
+@dataclass(frozen=True)
+class LandmarkAugmentConfig:
+    """Random landmark augmentations; each step runs with its probability (0 disables it)."""
+
+    swap_prob: float = 0.5  # left/right swap: mirror x and relabel left <-> right points
+    affine_prob: float = 0.8  # one random affine map of (x, y) per clip (rotation, scale, shear, shift)
+    rotate_deg: float = 10.0  # rotation angle drawn from [-rotate_deg, rotate_deg] degrees
+    scale: float = 0.1  # isotropic scale drawn from [1 - scale, 1 + scale] (z scaled too)
+    shear: float = 0.1  # shear factors drawn from [-shear, shear]
+    translate: float = 0.05  # shift of x and y drawn from [-translate, translate] (frame units)
+    time_warp_prob: float = 0.5  # monotone time warp that keeps T (some parts faster, some slower)
+    time_warp: float = 0.2  # largest displacement of the warp's knot, as a fraction of T
+    time_mask_prob: float = 0.5  # hide runs of frames (all points masked)
+    time_mask_num: int = 2  # number of runs
+    time_mask_frac: float = 0.1  # longest run as a fraction of T (at least 1 frame)
+    point_drop: float = 0.05  # probability that a visible point is dropped in a frame
+
+    def __post_init__(self) -> None:
+        for name in ("swap_prob", "affine_prob", "time_warp_prob", "time_mask_prob", "point_drop"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"landmark augment {name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("rotate_deg", "shear", "translate", "time_mask_num"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"landmark augment {name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.scale < 1.0:
+            raise ValueError(f"landmark augment scale must be in [0, 1), got {self.scale}")
+        if not 0.0 <= self.time_warp < 0.5:
+            raise ValueError(f"landmark augment time_warp must be in [0, 0.5), got {self.time_warp}")
+        if not 0.0 <= self.time_mask_frac <= 1.0:
+            raise ValueError(f"landmark augment time_mask_frac must be in [0, 1], got {self.time_mask_frac}")
+
+
+class LandmarkAugment:
+    """KD-MSLRT landmark augmentations on one clip: ``kp [T, K, 3]`` + ``mask [T, K]``.
+
+    Works on numpy arrays or torch tensors and returns the same type and dtype (float16
+    caches are processed in float32). Every random step is also a public deterministic
+    method (``swap``, ``affine``, ``time_warp``, ``time_mask``, ``drop_points``) so tests and
+    other pipelines can apply exactly one transformation. Points that are masked or dropped
+    get coordinates 0 (models never read them). x, y are frame-normalised ([0, 1]); the
+    affine maps rotate/scale about the frame centre (0.5, 0.5).
+
+    Args:
+        layout: layout name of the cached keypoints (for the left/right relabelling).
+        num_points: K.
+        cfg: probabilities and magnitudes.
+    """
+
+    def __init__(self, layout: str, num_points: int, cfg: LandmarkAugmentConfig = LandmarkAugmentConfig()) -> None:
+        self.cfg = cfg
+        self.num_points = num_points
+        self.perm = mirror_permutation(layout, num_points)
+
+    # ---- deterministic steps (numpy float32 in, numpy out) -------------------------------
+    def swap(self, kp: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Horizontal mirror: x -> 1 - x, then left/right points swap labels. An involution."""
+        out = kp.copy()
+        out[..., 0] = 1.0 - out[..., 0]
+        return out[:, self.perm], mask[:, self.perm]
+
+    @staticmethod
+    def affine(kp: np.ndarray, mask: np.ndarray, matrix: np.ndarray, offset: np.ndarray, z_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) -> matrix @ ((x, y) - c) + c + offset with c = (0.5, 0.5); z -> z * z_scale."""
+        out = kp.copy()
+        centre = np.array([0.5, 0.5], dtype=kp.dtype)
+        out[..., :2] = (kp[..., :2] - centre) @ np.asarray(matrix, dtype=kp.dtype).T + centre + np.asarray(offset, dtype=kp.dtype)
+        out[..., 2] = kp[..., 2] * z_scale
+        return out, mask
+
+    @staticmethod
+    def time_mask(kp: np.ndarray, mask: np.ndarray, start: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Hide frames [start, start + width): every point masked, coordinates 0."""
+        out, m = kp.copy(), mask.copy()
+        out[start : start + width] = 0.0
+        m[start : start + width] = False
+        return out, m
+
+    @staticmethod
+    def time_warp(kp: np.ndarray, mask: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Resample frames at (fractional) source positions ``source`` [T] (same T out).
+
+        Coordinates interpolate linearly between the two neighbouring frames where a point is
+        visible in both; otherwise the nearest frame is copied (mask included).
+        """
+        t = kp.shape[0]
+        pos = np.clip(np.asarray(source, dtype=np.float64), 0, t - 1)
+        i0 = np.floor(pos).astype(np.int64)
+        i1 = np.minimum(i0 + 1, t - 1)
+        near = np.rint(pos).astype(np.int64)
+        w = (pos - i0).astype(kp.dtype)[:, None, None]  # [T, 1, 1]
+        both = (mask[i0] & mask[i1])[..., None]  # [T, K, 1]
+        lerp = (1 - w) * kp[i0] + w * kp[i1]
+        out = np.where(both, lerp, kp[near])
+        return out.astype(kp.dtype), mask[near].copy()
+
+    @staticmethod
+    def drop_points(kp: np.ndarray, mask: np.ndarray, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mask the points where ``drop`` [T, K] is True (coordinates 0)."""
+        out = np.where(drop[..., None], 0.0, kp).astype(kp.dtype)
+        return out, mask & ~drop
+
+    # ---- random composition -----------------------------------------------------------
+    def __call__(self, kp: Any, mask: Any, rng: np.random.Generator | None = None) -> tuple[Any, Any]:
+        """Augment one clip.
+
+        Args:
+            kp: [T, K, 3] numpy array or torch tensor (NaN allowed where masked).
+            mask: [T, K] bool, True where detected.
+            rng: numpy Generator (seed it per item for reproducible epochs).
+
+        Returns:
+            (kp, mask) of the same shapes, types and dtypes.
+        """
+        rng = rng if rng is not None else np.random.default_rng()
+        is_torch = isinstance(kp, Tensor)
+        k_np = kp.detach().cpu().numpy() if is_torch else np.asarray(kp)
+        m_np = (mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)).astype(bool)
+        if k_np.ndim != 3 or k_np.shape[1] != self.num_points or m_np.shape != k_np.shape[:2]:
+            raise ValueError(
+                f"landmark augment expects kp [T, {self.num_points}, 3] and mask [T, {self.num_points}], "
+                f"got {k_np.shape} and {m_np.shape}"
+            )
+        dtype = k_np.dtype
+        x = np.where(m_np[..., None], k_np.astype(np.float32), 0.0).astype(np.float32)  # NaN-free work copy
+        m = m_np.copy()
+        c = self.cfg
+        t = x.shape[0]
+        if rng.random() < c.swap_prob:
+            x, m = self.swap(x, m)
+        if rng.random() < c.affine_prob:
+            angle = math.radians(rng.uniform(-c.rotate_deg, c.rotate_deg))
+            s = rng.uniform(1 - c.scale, 1 + c.scale)
+            rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+            shear = np.array([[1.0, rng.uniform(-c.shear, c.shear)], [rng.uniform(-c.shear, c.shear), 1.0]])
+            x, m = self.affine(x, m, s * rot @ shear, rng.uniform(-c.translate, c.translate, size=2), z_scale=s)
+        if t > 2 and rng.random() < c.time_warp_prob:
+            knot = rng.uniform(0.25, 0.75) * (t - 1)
+            moved = float(np.clip(knot + rng.uniform(-c.time_warp, c.time_warp) * t, 1, t - 2))
+            out_steps = np.arange(t, dtype=np.float64)
+            source = np.interp(out_steps, [0, moved, t - 1], [0, knot, t - 1])  # output step -> source frame
+            x, m = self.time_warp(x, m, source)
+        if rng.random() < c.time_mask_prob:
+            longest = max(1, int(round(c.time_mask_frac * t)))
+            for _ in range(c.time_mask_num):
+                width = int(rng.integers(1, longest + 1))
+                start = int(rng.integers(0, max(1, t - width + 1)))
+                x, m = self.time_mask(x, m, start, width)
+        if c.point_drop > 0:
+            x, m = self.drop_points(x, m, rng.random(m.shape) < c.point_drop)
+        x = np.where(m[..., None], x, 0.0).astype(dtype)
+        if is_torch:
+            return torch.from_numpy(x).to(kp.device), torch.from_numpy(m).to(kp.device)
+        return x, m
