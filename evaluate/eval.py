@@ -1,0 +1,140 @@
+"""`make eval`: decode one split of a cached dataset with a checkpoint and score it.
+
+    python -m evaluate.eval --ckpt runs/x/best.pt --cache cache --dataset synthsign --split dev
+
+Writes ``<out>/<split>.ctm`` (the official CTM format, so sclite or ``evaluate/wer.py`` can
+rescore it) and ``<out>/<split>.report.txt`` (per-utterance alignments), prints the WER line
+and returns the score. The checkpoint is checked against the cache first: a different
+vocabulary or extractor configuration is refused instead of producing a meaningless WER.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from evaluate.decode import GlossLM, beam_decode, greedy_decode
+from models.checkpoint import check_compatible, checkpoint_streams, load_model
+from models.data import BucketBatchSampler, CacheDataset, collate, meta_config
+from preprocess.cache import read_meta
+from preprocess.manifest import atomic_write_text
+from preprocess.vocab import Vocabulary
+
+
+def decode_log_probs(log_probs: Tensor, lengths: Tensor, beam: int = 1, lm: GlossLM | None = None,
+                     tokens: Sequence[str] | None = None, lm_weight: float = 0.5) -> list[list[int]]:
+    """Label ids per utterance: greedy when ``beam <= 1`` and no LM, else prefix beam search.
+
+    Args:
+        log_probs: [B, T', V] log-probabilities (blank = 0).
+        lengths: [B] valid steps.
+        lm, tokens, lm_weight: gloss LM, the id -> gloss table it needs, and its scale.
+    """
+    if beam <= 1 and lm is None:
+        return greedy_decode(log_probs, lengths, blank=0)
+    return beam_decode(log_probs, lengths, beam=max(beam, 1), lm=lm, lm_weight=lm_weight, tokens=tokens)
+
+
+@torch.no_grad()
+def decode_dataset(model: nn.Module, dataset: CacheDataset, vocab: Vocabulary, device: str | torch.device = "cpu",
+                   beam: int = 1, batch_size: int = 8, lm: GlossLM | None = None, lm_weight: float = 0.5,
+                   num_workers: int = 0) -> dict[str, list[str]]:
+    """Hypothesis glosses for every utterance of ``dataset``, decoded in length-sorted batches."""
+    model.eval()
+    sampler = BucketBatchSampler(dataset.lengths, batch_size, shuffle=False)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
+    hyps: dict[str, list[str]] = {}
+    for inputs, lengths, _, _, ids in loader:
+        out = model({k: v.to(device) for k, v in inputs.items()}, lengths.to(device))
+        log_probs = out.main.float().log_softmax(-1).cpu()  # [B, T', V]
+        seqs = decode_log_probs(log_probs, out.out_lengths.cpu(), beam=beam, lm=lm, tokens=vocab.tokens,
+                                lm_weight=lm_weight)
+        for utt, seq in zip(ids, seqs):
+            hyps[utt] = vocab.decode(seq)
+    return {u.id: hyps[u.id] for u in dataset.utts}  # manifest order
+
+
+def evaluate(ckpt: str | os.PathLike, cache: str | os.PathLike, dataset: str | None = None, split: str = "dev",
+             beam: int = 10, out: str | os.PathLike | None = None, rules: str | None = None,
+             device: str = "cpu", batch_size: int = 8, lm: GlossLM | None = None, lm_weight: float = 0.5,
+             ref: str | os.PathLike | None = None):
+    """Decode ``split`` with the checkpoint, write CTM + report under ``out``; returns the ScoreResult.
+
+    References are the manifest's glosses, or an official STM / text file given as ``ref``
+    (for PHOENIX, whose official STMs are cleaner than the corpus annotation). ``dataset``
+    defaults to the one the checkpoint was trained on.
+    """
+    from evaluate.formats import read_transcripts, write_ctm
+    from evaluate.wer import format_report, score
+
+    ckpt = Path(ckpt)
+    model, state = load_model(ckpt, device)
+    dataset = dataset or (state.get("cache") or {}).get("dataset")
+    if not dataset:
+        raise ValueError(f"{ckpt}: the checkpoint does not name its dataset; pass --dataset")
+    check_compatible(state, cache, dataset, ckpt_name=str(ckpt))
+    rules = rules or state.get("train_config", {}).get("rules") or "none"
+    crop = state.get("crop_size")
+    if crop is None:  # not saved by every trainer: a spec smaller than the cache means a center crop
+        cached = int(meta_config(read_meta(cache, dataset)).get("rgb_size") or 0)
+        spec_rgb = int(state["input_spec"].get("rgb_size") or 0)
+        crop = spec_rgb if 0 < spec_rgb < cached else 0
+    ds = CacheDataset(cache, dataset, split, checkpoint_streams(state), augment=None,
+                      crop_size=int(crop), require_targets=False)
+    if len(ds) == 0:
+        raise ValueError(f"{ds.root}: split {split!r} has no cached utterances to evaluate; "
+                         f"check --split or run `make features DATASET={dataset}`")
+    vocab = Vocabulary(tuple(state["vocab"]))
+    hyps = decode_dataset(model, ds, vocab, device, beam=beam, batch_size=batch_size, lm=lm, lm_weight=lm_weight)
+    refs = read_transcripts(ref) if ref else {u.id: list(u.glosses) for u in ds.utts}
+    result = score(hyps, refs, rules)
+    out = Path(out) if out else ckpt.parent / "eval"
+    write_ctm(out / f"{split}.ctm", hyps)
+    atomic_write_text(out / f"{split}.report.txt", format_report(result) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m evaluate.eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", required=True, help="checkpoint (best.pt / last.pt from models.train)")
+    p.add_argument("--cache", required=True, help="cache root")
+    p.add_argument("--dataset", help="dataset name under the cache root (default: the checkpoint's)")
+    p.add_argument("--split", default="dev")
+    p.add_argument("--beam", type=int, default=10, help="prefix beam width (1: greedy)")
+    p.add_argument("--out", help="output folder (default <ckpt folder>/eval)")
+    p.add_argument("--rules", choices=("none", "phoenix14", "phoenix14t"),
+                   help="WER normalisation (default: the checkpoint's training rules)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--ref", help="reference STM/text file instead of the manifest's glosses")
+    p.add_argument("--lm", help="gloss n-gram LM JSON (python -m evaluate.lm) for the beam search")
+    p.add_argument("--lm-weight", type=float, default=0.5)
+    p.add_argument("--json", action="store_true", help="also print one JSON line: wer sub del ins n_ref")
+    args = p.parse_args(argv)
+    try:
+        lm = None
+        if args.lm:
+            from evaluate.lm import NGramLM
+
+            lm = NGramLM.load(args.lm)
+        result = evaluate(args.ckpt, args.cache, args.dataset, args.split, beam=args.beam, out=args.out,
+                          rules=args.rules, device=args.device, batch_size=args.batch_size, lm=lm,
+                          lm_weight=args.lm_weight, ref=args.ref)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.split}: {result.summary()}")
+    if args.json:
+        print(json.dumps({"split": args.split, **result.to_dict()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,540 @@
+"""`make teacher`: train a CSLR model with multi-level CTC on the feature cache.
+
+    python -m models.train --config configs/teachers/synthsign_fusion_late.yaml [--resume]
+
+The YAML has three sections: ``data`` (:class:`DataConfig`), ``model`` (a
+``models.build.ModelConfig`` dict) and ``train`` (:class:`TrainConfig`). Every epoch writes
+``last.pt`` atomically (model config, input spec, vocabulary, cache config, optimizer,
+scheduler, RNG states), ``best.pt`` when the dev WER improves, a line of ``metrics.jsonl``
+and ``train.log``. ``--resume`` continues from ``last.pt`` exactly: a resumed run ends with
+the same weights as an uninterrupted one. Under ``torchrun`` the model is wrapped in
+DistributedDataParallel (nccl on CUDA, gloo on CPU) and only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from models.base import ModelOutput
+from models.build import ModelConfig, build_model
+from models.checkpoint import check_compatible, load_checkpoint, save_checkpoint, spec_to_dict
+from models.data import AugmentConfig, BucketBatchSampler, CacheDataset, collate, meta_config
+
+log = logging.getLogger("models.train")  # not __name__: that is "__main__" under python -m
+
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+DEFAULT_LEVEL_WEIGHTS = {"main": 1.0, "conv_main": 1.0, "rgb": 0.5, "keypoints": 0.5, "flow": 0.5}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str  # dataset name: the sub-folder of the cache root
+    cache: str = "cache"  # cache root folder (``make features`` output)
+    streams: tuple[str, ...] = ()  # cache streams to load; empty = the model's streams
+    train_split: str = "train"  # split trained on
+    dev_split: str = "dev"  # split that selects best.pt by WER
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # train-time augmentation
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 40  # passes over the training split
+    batch_size: int = 8  # utterances per batch (per process under DDP)
+    lr: float = 1e-3  # peak learning rate (after warmup)
+    weight_decay: float = 1e-4  # decoupled for adamw, L2 for adam
+    optimizer: str = "adamw"  # "adam" | "adamw"
+    schedule: str = "cosine"  # "cosine" | "step" | "constant", after a linear warmup
+    warmup_epochs: float = 1.0  # linear warmup length, in epochs (fractions allowed)
+    min_lr_ratio: float = 0.01  # cosine floor as a fraction of lr
+    step_epochs: tuple[int, ...] = ()  # "step": epochs at which lr is multiplied by step_gamma
+    step_gamma: float = 0.1  # "step": decay factor
+    grad_clip: float = 5.0  # max global gradient norm (0: no clipping)
+    level_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LEVEL_WEIGHTS))  # CTC weight per output level (fnmatch patterns allowed, e.g. "conv_*"); levels not listed weigh 0
+    seed: int = 0  # seeds init, augmentation, batch order and dropout
+    num_workers: int = 0  # DataLoader worker processes
+    amp: bool = True  # float16 autocast + grad scaling; only ever used on CUDA
+    beam: int = 1  # dev decoding beam (1: greedy)
+    eval_every: int = 1  # decode dev every N epochs (and always after the last one)
+    rules: str = "none"  # WER normalisation rules: "none" | "phoenix14" | "phoenix14t"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "step_epochs", tuple(int(e) for e in self.step_epochs))
+        object.__setattr__(self, "level_weights", {str(k): float(v) for k, v in dict(self.level_weights).items()})
+        for name in ("epochs", "batch_size", "eval_every", "beam"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not self.lr > 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr!r}")
+        if self.warmup_epochs < 0 or self.grad_clip < 0 or self.weight_decay < 0 or self.num_workers < 0:
+            raise ValueError("train.warmup_epochs, grad_clip, weight_decay and num_workers must be >= 0, got "
+                             f"{self.warmup_epochs}, {self.grad_clip}, {self.weight_decay}, {self.num_workers}")
+        if any(w < 0 for w in self.level_weights.values()) or not any(self.level_weights.values()):
+            raise ValueError(f"train.level_weights must be >= 0 with at least one > 0, got {self.level_weights}")
+        if self.rules not in ("none", "phoenix14", "phoenix14t"):
+            raise ValueError(f"train.rules must be none, phoenix14 or phoenix14t, got {self.rules!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+
+
+def _dataclass_from(cls: type, d: dict[str, Any] | None, section: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d or {}) - known)
+    if unknown:
+        raise ValueError(f"unknown {section} option(s) {unknown}; known: {sorted(known)}")
+    return cls(**(d or {}))
+
+
+def load_config(path: str | os.PathLike, cache: str | None = None, epochs: int | None = None) -> RunConfig:
+    """Parse a training YAML; ``cache``/``epochs`` override the file (command-line flags)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config not found; see configs/teachers/ for presets")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    unknown = sorted(set(raw) - {"data", "model", "train"})
+    if unknown or "data" not in raw:
+        raise ValueError(f"{path}: needs sections data/model/train, got {sorted(raw)}")
+    data = dict(raw["data"] or {})
+    data["streams"] = tuple(data.get("streams") or ())
+    if cache is not None:
+        data["cache"] = cache
+    try:
+        data["augment"] = AugmentConfig.from_dict(data.get("augment"))
+        train = _dataclass_from(TrainConfig, raw.get("train"), "train")
+        if epochs is not None:
+            train = replace(train, epochs=epochs)
+        return RunConfig(_dataclass_from(DataConfig, data, "data"), ModelConfig.from_dict(raw.get("model") or {}), train)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def level_weight(weights: dict[str, float], level: str) -> float:
+    """Weight of an output level: an exact key first, else the first matching fnmatch pattern, else 0."""
+    if level in weights:
+        return weights[level]
+    return next((w for pat, w in weights.items() if fnmatch.fnmatchcase(level, pat)), 0.0)
+
+
+def ctc_loss_levels(out: ModelOutput, targets: Tensor, target_lengths: Tensor,
+                    weights: dict[str, float]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Weighted sum of CTC losses over the model's output levels.
+
+    Args:
+        out: model output; every level is [B, T', V] logits (or log-probabilities).
+        targets: [sum L] concatenated target ids; target_lengths: [B].
+        weights: level -> weight; levels the model does not output are ignored.
+
+    Each level's loss is ``F.ctc_loss`` (mean over target lengths, then over the batch) with
+    ``zero_infinity`` so an infeasible alignment contributes nothing instead of inf.
+    Unweighted levels enter as ``0 * sum`` so every head stays in the graph (DDP needs it).
+    """
+    total = torch.zeros((), device=out.out_lengths.device)
+    parts: dict[str, Tensor] = {}
+    for level, logits in out.logits.items():
+        w = level_weight(weights, level)
+        if w == 0:
+            total = total + logits.float().sum() * 0.0
+            continue
+        log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # [B, T', V] -> [T', B, V]
+        loss = F.ctc_loss(log_probs, targets, out.out_lengths, target_lengths, blank=0,
+                          reduction="mean", zero_infinity=True)
+        total = total + w * loss
+        parts[level] = loss.detach()
+    return total, parts
+
+
+# ------------------------------------------------------------------- optimisation
+
+
+def make_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if tc.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+
+
+def lr_factor(step: int, tc: TrainConfig, steps_per_epoch: int) -> float:
+    """Learning-rate multiplier at optimizer step ``step``: linear warmup, then the schedule."""
+    warm = int(round(tc.warmup_epochs * steps_per_epoch))
+    if step < warm:
+        return (step + 1) / warm
+    if tc.schedule == "cosine":
+        total = max(1, tc.epochs * steps_per_epoch - warm)
+        progress = min(1.0, (step - warm) / total)
+        return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if tc.schedule == "step":
+        epoch = step // max(1, steps_per_epoch)
+        return tc.step_gamma ** sum(epoch >= m for m in tc.step_epochs)
+    return 1.0
+
+
+# ------------------------------------------------------------------ RNG and DDP
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch RNG states as plain values/tensors (loadable with weights_only)."""
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937", "has_gauss": n["has_gauss"], "gauss": n["gauss"],
+                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]}})
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0  # global rank (0 writes files)
+    world: int = 1  # number of processes
+    device: torch.device = torch.device("cpu")  # this process's device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Dist:
+    """Pick the device and, under torchrun (RANK/WORLD_SIZE set), join the process group."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError("--device cuda but no CUDA device is visible; use --device cpu")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(0, 1, torch.device("cuda" if use_cuda else "cpu"))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(rank, world, torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu"))
+
+
+def _all_finite(x: Tensor, d: Dist) -> bool:
+    """True when ``x`` is finite on every rank (so all ranks stop together)."""
+    ok = torch.isfinite(x.detach()).all().float().reshape(1)
+    if d.world > 1:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item() > 0)
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (non-finite loss); the message says what to do."""
+
+
+# ----------------------------------------------------------------------- dev
+
+
+@torch.no_grad()
+def evaluate_dev(model: nn.Module, loader: DataLoader, dataset: CacheDataset, tc: TrainConfig,
+                 device: torch.device, amp: bool):
+    """Decode the dev split; returns (ScoreResult, mean weighted CTC loss)."""
+    from evaluate.eval import decode_log_probs
+    from evaluate.wer import score
+
+    model.eval()
+    hyps: dict[str, list[str]] = {}
+    losses: list[float] = []
+    for inputs, lengths, targets, target_lengths, ids in loader:
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            out = model(inputs, lengths.to(device))
+        loss, _ = ctc_loss_levels(out, targets.to(device), target_lengths.to(device), tc.level_weights)
+        losses.append(float(loss))
+        log_probs = out.main.float().log_softmax(-1).cpu()  # [B, T', V]
+        for utt, seq in zip(ids, decode_log_probs(log_probs, out.out_lengths.cpu(), beam=tc.beam)):
+            hyps[utt] = dataset.vocab.decode(seq)
+    refs = {u.id: list(u.glosses) for u in dataset.utts}
+    return score(hyps, refs, tc.rules), float(np.mean(losses)) if losses else float("nan")
+
+
+# ---------------------------------------------------------------------- train
+
+
+def _setup_logging(out_dir: Path, main: bool) -> list[logging.Handler]:
+    """Log lines of the ``models``/``evaluate`` packages to stderr and (rank 0) to train.log."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(out_dir / "train.log", encoding="utf-8"))
+    for h in handlers:
+        h.setFormatter(fmt)
+    for name in ("models", "evaluate"):
+        lg = logging.getLogger(name)
+        lg.setLevel(logging.INFO if main else logging.WARNING)
+        for h in handlers:
+            lg.addHandler(h)
+        lg.propagate = False
+    return handlers
+
+
+def _teardown_logging(handlers: list[logging.Handler]) -> None:
+    for name in ("models", "evaluate"):
+        lg = logging.getLogger(name)
+        for h in handlers:
+            lg.removeHandler(h)
+        lg.propagate = True
+    for h in handlers:
+        h.close()
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("{task.fields[info]}"), disable=not enabled, transient=False)
+
+
+def train(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, device: str = "auto") -> dict[str, Any]:
+    """Train ``cfg`` into ``out_dir``; returns a summary (best WER, epochs, checkpoint paths)."""
+    out_dir = Path(out_dir)
+    d = setup_distributed(device)
+    handlers = _setup_logging(out_dir, d.main)
+    try:
+        return _train(cfg, out_dir, resume, d)
+    except TrainingStopped as e:
+        log.error("%s", e)  # into train.log too
+        raise
+    finally:
+        _teardown_logging(handlers)
+        if d.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist) -> dict[str, Any]:
+    tc, dc = cfg.train, cfg.data
+    last_path, best_path, metrics_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "metrics.jsonl"
+    if last_path.exists() and not resume:
+        raise ValueError(f"{last_path} exists: pass --resume to continue that run, or choose another --out")
+    amp = tc.amp and d.device.type == "cuda"
+    seed_everything(tc.seed)  # same initial weights on every rank
+
+    # Data: the training split with augmentation, dev with the center crop.
+    streams = dc.streams or cfg.model.streams
+    train_ds = CacheDataset(dc.cache, dc.dataset, dc.train_split, streams, dc.augment, seed=tc.seed)
+    dev_ds = CacheDataset(dc.cache, dc.dataset, dc.dev_split, streams, None, crop_size=dc.augment.crop_size,
+                          require_targets=False)
+    if len(train_ds) == 0:
+        raise ValueError(f"{train_ds.root}: split {dc.train_split!r} has no cached utterances; run `make features` first")
+    if len(dev_ds) == 0:
+        log.warning("%s: split %r is empty; best.pt is chosen by the training loss", dev_ds.root, dc.dev_split)
+    vocab, spec = train_ds.vocab, train_ds.spec()
+    sampler = BucketBatchSampler(train_ds.lengths, tc.batch_size, shuffle=True, seed=tc.seed,
+                                 num_replicas=d.world, rank=d.rank)
+    loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=tc.num_workers,
+                        pin_memory=d.device.type == "cuda")
+    dev_loader = None
+    if len(dev_ds):
+        dev_loader = DataLoader(dev_ds, batch_sampler=BucketBatchSampler(dev_ds.lengths, tc.batch_size, shuffle=False),
+                                collate_fn=collate, num_workers=tc.num_workers)
+
+    # Model, optimizer, schedule.
+    model = build_model(cfg.model, len(vocab), spec).to(d.device)
+    optimizer = make_optimizer(model, tc)
+    steps_per_epoch = len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc, steps_per_epoch))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    n_params = sum(p.numel() for p in model.parameters())
+    cache_info = {"dataset": dc.dataset, "config": meta_config(train_ds.meta),
+                  "config_hash": train_ds.meta.get("config_hash")}
+
+    start_epoch, step, best = 0, 0, float("inf")
+    if resume and last_path.exists():
+        ckpt = load_checkpoint(last_path)
+        if ckpt["model_config"] != cfg.model.to_dict():
+            raise ValueError(f"{last_path} was trained with another model config than {cfg.model.to_dict()}; "
+                             "resume with its own config or choose another --out")
+        check_compatible(ckpt, dc.cache, dc.dataset, ckpt_name=str(last_path))
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, step, best = ckpt["epoch"], ckpt["step"], ckpt["best"]
+        states = ckpt["rng"]
+        if len(states) == d.world:
+            set_rng_state(states[d.rank])
+        else:  # another world size: exact replay is impossible, keep runs reproducible anyway
+            log.warning("%s was written by %d process(es), now %d: RNG streams restart", last_path, len(states), d.world)
+            seed_everything(tc.seed + 1000 * start_epoch + d.rank)
+        if d.main and metrics_path.exists():  # drop lines of epochs the crash lost
+            keep = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= start_epoch]
+            metrics_path.write_text("".join(ln + "\n" for ln in keep))
+        log.info("resumed %s at epoch %d (best %.2f)", last_path, start_epoch, best)
+    elif resume:
+        log.warning("--resume: no %s yet; starting from scratch", last_path)
+    if d.world > 1 and start_epoch == 0:
+        torch.manual_seed(tc.seed + d.rank)  # weights are equal (DDP broadcasts rank 0's); dropout differs per rank
+    net: nn.Module = model
+    if d.world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+
+    log.info("%s on %s: %d train / %d dev utterances, %s, %.2f M parameters, %d process(es), %d steps/epoch",
+             dc.dataset, d.device, len(train_ds), len(dev_ds), "+".join(streams), n_params / 1e6, d.world, steps_per_epoch)
+    if start_epoch >= tc.epochs:
+        log.info("already trained for %d epochs (%s); nothing to do", start_epoch, last_path)
+
+    for epoch in range(start_epoch, tc.epochs):
+        # ---- one pass over the training split
+        sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        net.train()
+        t0, seen, loss_sum, level_sums = time.time(), 0, 0.0, {}
+        with _progress(d.main) as bar:
+            task = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=steps_per_epoch, info="")
+            for inputs, lengths, targets, target_lengths, ids in loader:
+                inputs = {k: v.to(d.device, non_blocking=True) for k, v in inputs.items()}
+                with torch.autocast(d.device.type, dtype=torch.float16, enabled=amp):
+                    out = net(inputs, lengths.to(d.device))
+                loss, parts = ctc_loss_levels(out, targets.to(d.device), target_lengths.to(d.device), tc.level_weights)
+                if not parts:
+                    raise ValueError(f"train.level_weights {tc.level_weights} match none of the model's output "
+                                     f"levels {sorted(out.logits)}; give e.g. main: 1.0")
+                if not _all_finite(loss, d):
+                    where = (f"{last_path} (epoch {epoch}) is kept"
+                             if last_path.exists() else "no checkpoint was written yet")
+                    levels = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+                    raise TrainingStopped(
+                        f"epoch {epoch + 1} step {step + 1}: the training loss is {float(loss.detach())} ({levels}) "
+                        f"on batch {ids[:4]}; training stopped and the last good checkpoint {where}. "
+                        "Lower train.lr or train.grad_clip, check that batch, then rerun with --resume")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if tc.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                seen += len(ids)
+                loss_sum += float(loss.detach()) * len(ids)
+                for k, v in parts.items():
+                    level_sums[k] = level_sums.get(k, 0.0) + float(v) * len(ids)
+                bar.update(task, advance=1, info=f"loss {loss_sum / seen:.3f}")
+        train_time = time.time() - t0
+
+        # ---- dev WER (rank 0 decodes the whole split; the others wait at the barrier)
+        record: dict[str, Any] = {
+            "epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum / max(seen, 1),
+            "train_levels": {k: v / max(seen, 1) for k, v in level_sums.items()},
+            "train_clips_per_s": seen * d.world / max(train_time, 1e-9), "train_time_s": train_time,
+        }
+        evaluated = dev_loader is not None and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs)
+        if d.main and evaluated:
+            result, dev_loss = evaluate_dev(model, dev_loader, dev_ds, tc, d.device, amp)
+            record.update(dev_loss=dev_loss, dev_wer=result.wer, dev_sub=result.sub, dev_del=result.dels,
+                          dev_ins=result.ins, dev_n_ref=result.n_ref)
+        metric = record.get("dev_wer", record["train_loss"] if dev_loader is None else None)
+        improved = metric is not None and metric < best
+        if improved:
+            best = metric
+
+        # ---- checkpoint: best.pt first, then last.pt, so a crash in between only repeats the epoch
+        states = [rng_state()]
+        if d.world > 1:
+            states = [None] * d.world
+            dist.all_gather_object(states, rng_state())
+        if d.main:
+            state = {
+                "model_config": cfg.model.to_dict(), "input_spec": spec_to_dict(spec), "vocab": list(vocab.tokens),
+                "cache": cache_info, "streams": list(streams), "crop_size": dc.augment.crop_size,
+                "train_config": asdict(tc), "data_config": {**asdict(dc), "streams": list(dc.streams)},
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch + 1, "step": step, "best": best, "rng": states,
+            }
+            if improved:
+                save_checkpoint(best_path, state)
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({**record, "best": improved}) + "\n")
+            save_checkpoint(last_path, state)
+            dev_txt = f", dev loss {record['dev_loss']:.3f}, dev WER {record['dev_wer']:.2f}%" if "dev_wer" in record else ""
+            log.info("epoch %d/%d: train loss %.3f%s, %.1f clips/s%s", epoch + 1, tc.epochs, record["train_loss"],
+                     dev_txt, record["train_clips_per_s"], " (best)" if improved else "")
+        if d.world > 1:
+            dist.barrier()
+
+    summary = {"best": best, "epochs": max(start_epoch, tc.epochs), "last": str(last_path),
+               "best_path": str(best_path) if best_path.exists() else None}
+    if d.main:
+        log.info("done: best %s %.3f; checkpoints in %s", "dev WER" if dev_loader is not None else "train loss",
+                 best, out_dir)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="training YAML (configs/teachers/*.yaml)")
+    p.add_argument("--cache", help="cache root (overrides data.cache)")
+    p.add_argument("--out", help="output folder (default exp/teachers/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt when it exists")
+    p.add_argument("--epochs", type=int, help="override train.epochs (e.g. to extend a finished run)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config, cache=args.cache, epochs=args.epochs)
+        out = Path(args.out) if args.out else Path("exp") / "teachers" / Path(args.config).stem
+        train(cfg, out, resume=args.resume, device=args.device)
+    except TrainingStopped:
+        return 1  # already logged to stderr and train.log
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
