@@ -1,0 +1,520 @@
+"""ONNX export of any contract model, with its vocabulary and configs inside, and int8 quantisation.
+
+``python -m evaluate.export --ckpt exp/x/best.pt --out exp/x/model.onnx [--int8] [--level main]``
+
+The exported graph is ``(*inputs, lengths) -> (logits, out_lengths)`` with named inputs
+(``keypoints``, ``keypoints_mask``, ``rgb``, ``flow``, ``lengths``), dynamic batch and time
+axes, and ``metadata_props`` that make the file self-describing (icefall style): the
+vocabulary, the model config, the input spec, the time reduction, the exported logits level,
+the preprocessing a deployer must repeat and the project version. ``evaluate.infer`` needs
+nothing but the .onnx file.
+
+The int8 model uses ONNX Runtime's dynamic quantisation: int8 weights, and the activations
+entering each quantised op rounded to uint8 with a range measured per call (no calibration set
+needed). Only ops with constant weights are quantised: MatMul (Linear layers) and LSTM, plus
+Conv for convolution-heavy models (see ``INT8_OPS``); attention's activation x activation
+MatMuls stay in float (MatMulConstBOnly). The file shrinks about 4x for those weights; accuracy is checked
+by comparing greedy outputs with the fp32 model (``compare_int8``), not assumed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from models.base import TIME_REDUCTION, InputSpec
+from models.build import ExportWrapper
+
+PROJECT = "signdistill"
+INPUT_ORDER = ("rgb", "keypoints", "keypoints_mask", "flow")  # positional order in every export
+OUTPUT_NAMES = ("logits", "out_lengths")
+# Weight-carrying ops to quantise. "Gemm" is not in the dynamic quantiser's registry (Linear
+# layers on [B, T, D] export as MatMul + Add, which it does quantise). Conv is the trade-off:
+# onnxruntime's ConvInteger runs slower on CPU than its fused float Conv (landmark student, 200
+# frames, 1 thread: about +1 ms per clip), which is worth it only where convolutions hold most
+# of the weights (CNN students such as LRINet, whose file would otherwise barely shrink).
+# ``auto_int8_ops`` decides per model.
+INT8_OPS = ("MatMul", "LSTM")
+INT8_ALL_OPS = ("MatMul", "LSTM", "Conv")
+MIN_FRAMES = TIME_REDUCTION  # traced graphs skip pad_min_time: callers pad shorter clips to this
+
+
+def _project_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(PROJECT)
+    except Exception:  # an un-installed checkout still exports
+        return "unknown"
+
+
+def model_input_names(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """Input tensor names a model built from ``config`` reads, in export order.
+
+    Works for ``models.build.ModelConfig`` dicts (``streams``) and ``models.students.StudentConfig``
+    dicts (``kind``); a keypoint stream always brings ``keypoints_mask``.
+    """
+    if "streams" in config:
+        streams = list(config["streams"])
+    elif "kind" in config:
+        streams = ["keypoints"] if config["kind"] == "landmark" else ["rgb"]
+    else:
+        raise ValueError(f"model config has neither 'streams' nor 'kind' (keys: {sorted(config)}); "
+                         "pass input_names explicitly")
+    wanted = set(streams) | ({"keypoints_mask"} if "keypoints" in streams else set())
+    return tuple(n for n in INPUT_ORDER if n in wanted)
+
+
+def example_inputs(input_names: Sequence[str], spec: InputSpec, lengths: Sequence[int],
+                   seed: int = 0) -> dict[str, Tensor]:
+    """Random inputs shaped like a padded batch from the cache (see ``models.base``).
+
+    Args:
+        input_names: which tensors to make.
+        spec: sizes (K, rgb side, flow side).
+        lengths: valid frames per batch row; T = max(lengths).
+
+    Returns:
+        name -> tensor: keypoints float [B, T, K, 3] in [0, 1], keypoints_mask bool [B, T, K]
+        (about 90% True), rgb float [B, T, 3, S, S] in [0, 1], flow float [B, T, 2, s, s] pixels.
+    """
+    g = torch.Generator().manual_seed(seed)
+    b, t = len(lengths), max(lengths)
+    out: dict[str, Tensor] = {}
+    for name in input_names:
+        if name == "keypoints":
+            out[name] = torch.rand(b, t, spec.num_keypoints, 3, generator=g)
+        elif name == "keypoints_mask":
+            out[name] = torch.rand(b, t, spec.num_keypoints, generator=g) < 0.9
+        elif name == "rgb":
+            out[name] = torch.rand(b, t, 3, spec.rgb_size, spec.rgb_size, generator=g)
+        elif name == "flow":
+            out[name] = torch.randn(b, t, 2, spec.flow_size, spec.flow_size, generator=g) * 2.0
+        else:
+            raise ValueError(f"unknown input name {name!r}; choose from {INPUT_ORDER}")
+    return out
+
+
+def export_onnx(
+    model: nn.Module,
+    spec: InputSpec,
+    vocab_tokens: Sequence[str],
+    config_dict: Mapping[str, Any],
+    out_path: str | os.PathLike,
+    input_names: Sequence[str] | None = None,
+    opset: int = 17,
+    level: str = "main",
+    preprocess: Mapping[str, Any] | None = None,
+) -> Path:
+    """Export ``model`` to ONNX with named inputs/outputs, dynamic axes and self-describing metadata.
+
+    Args:
+        model: a ``models.base`` contract model (left in the mode it came in).
+        spec: the cache's InputSpec the model was built for.
+        vocab_tokens: id -> gloss (index 0 the blank), stored as the ``vocabulary`` metadata.
+        config_dict: the model's config dict (ModelConfig or StudentConfig), stored as ``model_config``.
+        out_path: the .onnx file to write (atomically: temp file + rename).
+        input_names: input tensors in positional order (default: from ``config_dict``).
+        opset: ONNX opset.
+        level: logits level to export (``main`` is the decoded one).
+        preprocess: what a deployer must repeat before the model (e.g. the cache's RGB resize),
+            stored as JSON.
+
+    Returns:
+        The written path.
+    """
+    out_path = Path(out_path)
+    names = tuple(input_names) if input_names is not None else model_input_names(config_dict)
+    if len(vocab_tokens) < 2:
+        raise ValueError(f"vocabulary has {len(vocab_tokens)} token(s); need the blank and at least one gloss")
+    example = example_inputs(names, spec, [64, 45])  # T=64 traced; a shorter row exercises the masks
+    lengths = torch.tensor([64, 45])
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            probe = model(example, lengths)
+        if level not in probe.logits:
+            raise ValueError(f"logits level {level!r} not in the model's outputs {sorted(probe.logits)}")
+        vocab_size = probe.logits[level].shape[-1]
+        if vocab_size != len(vocab_tokens):
+            raise ValueError(f"the model outputs {vocab_size} classes but the vocabulary has "
+                             f"{len(vocab_tokens)} tokens; export with the checkpoint's own vocabulary")
+        wrapper = ExportWrapper(model, names, level).eval()
+        axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "time"} for n in names}
+        axes["lengths"] = {0: "batch"}
+        axes["logits"] = {0: "batch", 1: "time_out"}
+        axes["out_lengths"] = {0: "batch"}
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracer and legacy-exporter notices; checked below instead
+                torch.onnx.export(
+                    wrapper,
+                    tuple(example[n] for n in names) + (lengths,),
+                    tmp,
+                    dynamo=False,  # torch 2.14 defaults to the dynamo exporter (needs onnxscript)
+                    opset_version=opset,
+                    input_names=[*names, "lengths"],
+                    output_names=list(OUTPUT_NAMES),
+                    dynamic_axes=axes,
+                    do_constant_folding=True,
+                )
+            _set_metadata(tmp, {
+                "vocabulary": json.dumps(list(vocab_tokens), ensure_ascii=False),
+                "model_config": json.dumps(dict(config_dict), sort_keys=True),
+                "input_spec": json.dumps(asdict(spec), sort_keys=True),
+                "input_names": json.dumps(list(names)),
+                "time_reduction": str(TIME_REDUCTION),
+                "level": level,
+                "blank": "0",
+                "min_frames": str(MIN_FRAMES),
+                "preprocess": json.dumps(dict(preprocess or {}), sort_keys=True),
+                "version": _project_version(),
+                "torch": torch.__version__,
+            })
+            os.replace(tmp, out_path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    finally:
+        model.train(was_training)
+    return out_path
+
+
+def _set_metadata(path: str | os.PathLike, props: Mapping[str, str], drop_value_info: bool = False) -> None:
+    """Rewrite ``path`` with ``props`` as metadata; ``drop_value_info`` removes the optional shape
+    annotations the quantiser's shape inference adds (onnxruntime infers them again at load)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    if drop_value_info:
+        del proto.graph.value_info[:]
+    keep = [p for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = PROJECT
+    onnx.save(proto, str(path))
+
+
+@dataclass(frozen=True)
+class OnnxMetadata:
+    """What an exported model says about itself (``metadata_props`` parsed)."""
+
+    vocab: tuple[str, ...]  # id -> gloss, index 0 the CTC blank
+    config: dict[str, Any]  # the model config dict it was built from
+    spec: InputSpec  # cache inputs it expects
+    input_names: tuple[str, ...]  # positional model inputs (``lengths`` comes last)
+    time_reduction: int = TIME_REDUCTION  # output steps = frames // this
+    level: str = "main"  # exported logits level
+    min_frames: int = MIN_FRAMES  # shorter clips must be zero-padded to this many frames
+    preprocess: dict[str, Any] = field(default_factory=dict)  # e.g. {"rgb_resize": 128}
+    version: str = "unknown"  # project version that exported it
+
+
+def read_metadata(path: str | os.PathLike) -> OnnxMetadata:
+    """Parse an exported model's metadata; a file without it gives one line naming the fix."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX model; export one with `python -m evaluate.export`")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable ONNX model ({type(e).__name__}); re-export it") from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    missing = [k for k in ("vocabulary", "model_config", "input_spec") if k not in props]
+    if missing:
+        raise ValueError(f"{path}: no {', '.join(repr(k) for k in missing)} in the ONNX metadata "
+                         "(exported by another tool?); re-export it with `python -m evaluate.export`")
+    try:
+        vocab = tuple(json.loads(props["vocabulary"]))
+        config = dict(json.loads(props["model_config"]))
+        spec = InputSpec(**json.loads(props["input_spec"]))
+        names = tuple(json.loads(props["input_names"])) if "input_names" in props else model_input_names(config)
+        preprocess = dict(json.loads(props.get("preprocess", "{}")))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: malformed metadata ({e}); re-export it with `python -m evaluate.export`") from None
+    return OnnxMetadata(
+        vocab=vocab,
+        config=config,
+        spec=spec,
+        input_names=names,
+        time_reduction=int(props.get("time_reduction", TIME_REDUCTION)),
+        level=props.get("level", "main"),
+        min_frames=int(props.get("min_frames", MIN_FRAMES)),
+        preprocess=preprocess,
+        version=props.get("version", "unknown"),
+    )
+
+
+def ort_session(path: str | os.PathLike, threads: int = 1):
+    """CPU InferenceSession with ``threads`` intra-op threads (1: deterministic, no oversubscription)."""
+    import onnxruntime as ort
+
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # errors only
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _feed(inputs: Mapping[str, Tensor], lengths: Tensor) -> dict[str, np.ndarray]:
+    feed = {k: v.numpy() for k, v in inputs.items()}
+    feed["lengths"] = lengths.numpy().astype(np.int64)
+    return feed
+
+
+def verify_onnx(
+    onnx_path: str | os.PathLike,
+    model: nn.Module,
+    spec: InputSpec,
+    input_names: Sequence[str],
+    lengths: Sequence[int] = (37, 21, 50),
+    level: str = "main",
+    seed: int = 1,
+) -> float:
+    """onnx.checker, then onnxruntime vs torch on random inputs of another T and batch size than traced.
+
+    Returns:
+        The largest absolute logit difference (out_lengths must match exactly).
+    """
+    import onnx
+
+    onnx.checker.check_model(str(onnx_path))
+    inputs = example_inputs(input_names, spec, lengths, seed=seed)
+    lens = torch.tensor(list(lengths))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ref = model(inputs, lens)
+    finally:
+        model.train(was_training)
+    logits, out_lengths = ort_session(onnx_path).run(list(OUTPUT_NAMES), _feed(inputs, lens))
+    if not np.array_equal(out_lengths, ref.out_lengths.numpy()):
+        raise AssertionError(f"{onnx_path}: out_lengths {out_lengths.tolist()} != torch {ref.out_lengths.tolist()}")
+    want = ref.logits[level].numpy()
+    if logits.shape != want.shape:
+        raise AssertionError(f"{onnx_path}: logits shape {logits.shape} != torch {want.shape}")
+    return float(np.abs(logits - want).max())
+
+
+def auto_int8_ops(onnx_path: str | os.PathLike, conv_share: float = 0.5) -> tuple[str, ...]:
+    """``INT8_OPS``, plus Conv when convolution weights are at least ``conv_share`` of all weights."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    sizes = {t.name: int(np.prod(t.dims)) for t in proto.graph.initializer}
+    total = sum(sizes.values())
+    conv = sum(sizes.get(n.input[1], 0) for n in proto.graph.node if n.op_type == "Conv" and len(n.input) > 1)
+    return INT8_ALL_OPS if total and conv >= conv_share * total else INT8_OPS
+
+
+def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike,
+                  op_types: Sequence[str] | None = None) -> Path:
+    """Dynamic int8 quantisation (int8 weights) of an exported model; metadata is carried over.
+
+    Args:
+        op_types: op types to quantise (subset of ``INT8_ALL_OPS``); None: ``auto_int8_ops``.
+
+    The result is loaded once with onnxruntime so a model that quantises into an op the CPU
+    provider cannot run fails here, not in deployment.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
+    op_types = tuple(op_types) if op_types is not None else auto_int8_ops(onnx_in)
+    bad = [o for o in op_types if o not in INT8_ALL_OPS]
+    if bad or not op_types:
+        raise ValueError(f"int8 op types {list(op_types)} invalid; choose from {list(INT8_ALL_OPS)}")
+    props = {p.key: p.value for p in onnx.load(str(onnx_in), load_external_data=False).metadata_props}
+    onnx_out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=onnx_out.parent, prefix=f".{onnx_out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        import logging
+
+        quiet = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)  # the quantiser's "consider pre-processing" note
+        try:
+            quantize_dynamic(onnx_in, tmp, op_types_to_quantize=list(op_types), weight_type=QuantType.QInt8,
+                             per_channel=False, reduce_range=False)
+        finally:
+            logging.getLogger().setLevel(quiet)
+        _set_metadata(tmp, {**props, "quantization": "dynamic int8 weights (" + ",".join(op_types) + ")"},
+                      drop_value_info=True)
+        ort_session(tmp)  # refuses ops the CPU provider lacks
+        os.replace(tmp, onnx_out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return onnx_out
+
+
+def quantized_ops(onnx_path: str | os.PathLike) -> dict[str, int]:
+    """Count of integer (quantised) op types in a model, e.g. ``{"MatMulInteger": 9, "DynamicQuantizeLSTM": 2}``."""
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(onnx_path)).graph.node:
+        if "Integer" in node.op_type or node.op_type.startswith("DynamicQuantize"):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def compare_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
+                 inputs: Mapping[str, Tensor], lengths: Tensor) -> dict[str, float]:
+    """How far the int8 model is from fp32 on ``inputs``: largest |logit| difference and greedy agreement.
+
+    Returns:
+        ``max_abs_diff``, ``frame_agreement`` (share of valid output steps with the same argmax) and
+        ``sequence_agreement`` (share of rows whose greedy gloss sequence is identical).
+    """
+    from evaluate.decode import greedy_decode
+
+    feed = _feed(inputs, lengths)
+    a, a_len = ort_session(fp32_path).run(list(OUTPUT_NAMES), feed)
+    b, _ = ort_session(int8_path).run(list(OUTPUT_NAMES), feed)
+    valid = np.arange(a.shape[1])[None, :] < a_len[:, None]  # [B, T']
+    same_frame = (a.argmax(-1) == b.argmax(-1))[valid]
+    la = torch.from_numpy(a_len)
+    seq_a = greedy_decode(torch.from_numpy(a), la)
+    seq_b = greedy_decode(torch.from_numpy(b), la)
+    return {
+        "max_abs_diff": float(np.abs(a - b).max()),
+        "frame_agreement": float(same_frame.mean()) if same_frame.size else 1.0,
+        "sequence_agreement": float(np.mean([x == y for x, y in zip(seq_a, seq_b)])),
+    }
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a checkpoint, with everything export and inference need."""
+
+    model: nn.Module  # eval mode, CPU
+    spec: InputSpec  # cache inputs it was built for
+    vocab: tuple[str, ...]  # id -> gloss
+    config: dict[str, Any]  # ModelConfig or StudentConfig dict
+    input_names: tuple[str, ...]  # model inputs in export order
+    preprocess: dict[str, Any]  # what a deployer repeats before the model (see ``preprocess_info``)
+
+
+def preprocess_info(ckpt: Mapping[str, Any], spec: InputSpec) -> dict[str, Any]:
+    """Deployment preprocessing from a checkpoint: RGB resized like the cache, then centre-cropped to the spec."""
+    cache_cfg = dict((ckpt.get("cache") or {}).get("config") or {})
+    info: dict[str, Any] = {}
+    if spec.rgb_size:
+        info["rgb_resize"] = int(cache_cfg.get("rgb_size") or spec.rgb_size)
+        info["rgb_crop"] = spec.rgb_size
+    if spec.num_keypoints:
+        info["landmark_source"] = str(cache_cfg.get("landmark_source") or "")
+    return info
+
+
+def load_checkpoint_model(path: str | os.PathLike) -> LoadedModel:
+    """Rebuild a teacher (``ModelConfig``) or a student (``StudentConfig``: its config has ``kind``, or
+    the checkpoint a ``student_config`` entry)."""
+    from models.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    spec = InputSpec(**ckpt["input_spec"])
+    vocab = tuple(ckpt["vocab"])
+    student_cfg = ckpt.get("student_config")
+    if student_cfg is None and "kind" in ckpt["model_config"]:
+        student_cfg = ckpt["model_config"]
+    if student_cfg is not None:
+        from models.students import StudentConfig, build_student
+
+        config = dict(student_cfg)
+        model = build_student(StudentConfig.from_dict(config), len(vocab), spec)
+        model.load_state_dict(ckpt["model"])
+        model.eval()
+    else:
+        from models.checkpoint import load_model
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            model, ckpt = load_model(path)
+        config = dict(ckpt["model_config"])
+    return LoadedModel(model, spec, vocab, config, model_input_names(config), preprocess_info(ckpt, spec))
+
+
+def int8_path_for(onnx_path: str | os.PathLike) -> Path:
+    """``model.onnx`` -> ``model.int8.onnx``."""
+    p = Path(onnx_path)
+    return p.with_name(p.stem + ".int8" + (p.suffix or ".onnx"))
+
+
+def _mb(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.2f} MB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evaluate.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", required=True, help="checkpoint (best.pt) of a teacher or a student")
+    parser.add_argument("--out", required=True, help="fp32 .onnx file to write")
+    parser.add_argument("--int8", action="store_true", help="also write <out stem>.int8.onnx (dynamic int8)")
+    parser.add_argument("--int8-ops", default="auto",
+                        help=f"op types to quantise, from {','.join(INT8_ALL_OPS)} (default auto: "
+                             f"{','.join(INT8_OPS)}, plus Conv for convolution-heavy models)")
+    parser.add_argument("--level", default="main", help="logits level to export (default: main)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-torch check")
+    parser.add_argument("--atol", type=float, default=1e-4, help="largest fp32 logit difference accepted")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    try:
+        loaded = load_checkpoint_model(args.ckpt)
+        out = export_onnx(loaded.model, loaded.spec, loaded.vocab, loaded.config, args.out,
+                          loaded.input_names, args.opset, args.level, loaded.preprocess)
+        print(f"wrote {out} ({_mb(out)}); inputs {', '.join(loaded.input_names)}, lengths; "
+              f"outputs {', '.join(OUTPUT_NAMES)}; vocabulary {len(loaded.vocab)}")
+        if not args.no_verify:
+            diff = verify_onnx(out, loaded.model, loaded.spec, loaded.input_names, level=args.level)
+            print(f"onnx.checker ok; onnxruntime vs torch max |logit diff| {diff:.2e}")
+            if diff > args.atol:
+                print(f"error: {out}: onnxruntime differs from torch by {diff:.2e} > {args.atol:.0e}; "
+                      "an op exported wrongly (try another --opset)", file=sys.stderr)
+                return 1
+        if args.int8:
+            ops = None if args.int8_ops == "auto" else tuple(o.strip() for o in args.int8_ops.split(",") if o.strip())
+            q = quantize_int8(out, int8_path_for(out), ops)
+            ops = ", ".join(f"{k} x{v}" for k, v in quantized_ops(q).items()) or "none"
+            print(f"wrote {q} ({_mb(q)}); quantised ops: {ops}")
+            lengths = torch.tensor([200, 150])
+            stats = compare_int8(out, q, example_inputs(loaded.input_names, loaded.spec, lengths.tolist(), seed=2),
+                                 lengths)
+            print(f"int8 vs fp32 on random input: max |logit diff| {stats['max_abs_diff']:.3f}, "
+                  f"frame argmax agreement {stats['frame_agreement']:.1%}, "
+                  f"greedy sequence agreement {stats['sequence_agreement']:.0%}")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,639 @@
+"""Deployment inference: a video file or a webcam -> gloss sequence, from an exported model or a checkpoint.
+
+``python -m evaluate.infer --model model.onnx --video clip.mp4 [--beam 10]`` decodes a whole
+video offline (MediaPipe Holistic for landmark models, resize + centre crop for RGB models).
+
+``python -m evaluate.infer --model model.onnx --webcam 0`` runs live: OpenCV capture ->
+MediaPipe Holistic per frame -> a sliding window over the landmark sequence, run through the
+landmark model every ``hop`` frames -> CTC decoding -> glosses printed as they become final.
+``--video clip.mp4 --stream`` feeds a file frame by frame through the very same loop, which
+is how the live path is tested without a camera.
+
+Why a sliding window commits glosses the way it does (:class:`LandmarkStream`): a gloss near
+either edge of a window lacks context, so the window's decisions are kept *tentative* until
+frames actually leave the window. When the window next slides to start at frame ``s``, every
+tentative gloss whose CTC spike lies before ``s + guard`` is final (it was decided with full
+context and the next window can no longer see it whole), and the next window only decides
+glosses from ``s + guard`` on. While the window still covers the whole stream, nothing is
+committed early: at the end the result is exactly the model's decoding of the whole sequence.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from models.base import TIME_REDUCTION, InputSpec
+from preprocess.layouts import HOLISTIC_543
+
+Landmarks = tuple[np.ndarray, np.ndarray]  # keypoints float32 [K, 3], mask bool [K]
+FrameExtractor = Callable[[Any], Landmarks]  # one frame -> its landmarks
+
+
+class Recognizer(Protocol):
+    """What inference needs from a model, whichever runtime runs it."""
+
+    name: str  # the model file, for messages
+    vocab: tuple[str, ...]  # id -> gloss, index 0 the blank
+    spec: InputSpec  # cache inputs the model expects
+    input_names: tuple[str, ...]  # model inputs besides ``lengths``
+    preprocess: dict[str, Any]  # deployment preprocessing (``rgb_resize``, ``rgb_crop``)
+
+    def __call__(self, inputs: dict[str, np.ndarray], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Batched inputs (see ``models.base``) -> (logits [B, T', V], out_lengths [B])."""
+        ...
+
+
+def _pad_time(inputs: dict[str, np.ndarray], min_frames: int) -> dict[str, np.ndarray]:
+    """Zero-pad dim 1 to ``min_frames`` (exported graphs skip the model's own short-clip padding)."""
+    t = next(iter(inputs.values())).shape[1]
+    if t >= min_frames:
+        return inputs
+    out = {}
+    for k, v in inputs.items():
+        pad = np.zeros((v.shape[0], min_frames - t, *v.shape[2:]), dtype=v.dtype)
+        out[k] = np.concatenate([v, pad], axis=1)
+    return out
+
+
+class OnnxRecognizer:
+    """An exported model run by onnxruntime on the CPU; everything else comes from its metadata."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
+        from evaluate.export import ort_session, read_metadata
+
+        meta = read_metadata(path)  # clear error when the vocabulary/config is missing
+        self.name = str(path)
+        self.vocab, self.spec, self.input_names = meta.vocab, meta.spec, meta.input_names
+        self.preprocess, self.min_frames = meta.preprocess, meta.min_frames
+        self.session = ort_session(path, threads)
+        graph_inputs = tuple(i.name for i in self.session.get_inputs())
+        if graph_inputs != (*self.input_names, "lengths"):
+            raise ValueError(f"{path}: graph inputs {list(graph_inputs)} disagree with its metadata "
+                             f"{[*self.input_names, 'lengths']}; re-export it with `python -m evaluate.export`")
+
+    def __call__(self, inputs: dict[str, np.ndarray], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        feed = _pad_time({k: inputs[k] for k in self.input_names}, self.min_frames)
+        feed["lengths"] = np.asarray(lengths, dtype=np.int64)
+        logits, out_lengths = self.session.run(["logits", "out_lengths"], feed)
+        return logits, out_lengths
+
+
+class TorchRecognizer:
+    """A PyTorch contract model (same interface as :class:`OnnxRecognizer`); see :meth:`from_checkpoint`."""
+
+    def __init__(self, model, vocab: Sequence[str], spec: InputSpec, input_names: Sequence[str],
+                 preprocess: dict[str, Any] | None = None, name: str = "<torch model>", level: str = "main") -> None:
+        self.model, self.level, self.name = model.eval(), level, name
+        self.vocab, self.spec, self.input_names = tuple(vocab), spec, tuple(input_names)
+        self.preprocess = dict(preprocess or {})
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, threads: int = 1, level: str = "main") -> "TorchRecognizer":
+        import torch
+
+        from evaluate.export import load_checkpoint_model
+
+        torch.set_num_threads(threads)
+        m = load_checkpoint_model(path)
+        return cls(m.model, m.vocab, m.spec, m.input_names, m.preprocess, str(path), level)
+
+    def __call__(self, inputs: dict[str, np.ndarray], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(inputs[k])) for k in self.input_names}
+        with torch.no_grad():
+            out = self.model(tensors, torch.as_tensor(np.asarray(lengths), dtype=torch.long))
+        return out.logits[self.level].numpy(), out.out_lengths.numpy()
+
+
+def load_recognizer(path: str | os.PathLike, threads: int = 1) -> Recognizer:
+    """``*.onnx`` -> :class:`OnnxRecognizer`; anything else is read as a checkpoint."""
+    if str(path).endswith(".onnx"):
+        return OnnxRecognizer(path, threads)
+    return TorchRecognizer.from_checkpoint(path, threads)
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable log-softmax over the last axis (float32)."""
+    x = logits.astype(np.float32)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def decode(logits: np.ndarray, out_lengths: np.ndarray, vocab: Sequence[str], beam: int = 1) -> list[list[str]]:
+    """CTC-decode a batch into gloss strings: greedy for ``beam <= 1``, prefix beam search otherwise.
+
+    Args:
+        logits: [B, T', V] model outputs.
+        out_lengths: [B] valid output steps.
+    """
+    import torch
+
+    from evaluate.decode import beam_decode, greedy_decode
+
+    lp = torch.from_numpy(log_softmax(logits))
+    lens = torch.as_tensor(np.asarray(out_lengths), dtype=torch.long)
+    ids = greedy_decode(lp, lens) if beam <= 1 else beam_decode(lp, lens, beam=beam)
+    return [[vocab[i] for i in row] for row in ids]
+
+
+def ctc_segments(best: np.ndarray, blank: int = 0) -> list[tuple[int, int]]:
+    """Greedy CTC path -> ``(token, first step)`` per emitted gloss (repeats merged, blanks dropped).
+
+    Args:
+        best: [T'] argmax ids of the valid output steps.
+    """
+    segs: list[tuple[int, int]] = []
+    prev = -1
+    for step, tok in enumerate(best.tolist()):
+        if tok != blank and tok != prev:
+            segs.append((tok, step))
+        prev = tok
+    return segs
+
+
+# --- inputs from frames -----------------------------------------------------------------------
+
+
+def require_landmark_model(rec: Recognizer) -> None:
+    """Refuse, in one line, a model that does not read landmarks alone (the live path feeds only them)."""
+    if "keypoints" not in rec.input_names:
+        raise ValueError(f"{rec.name} takes {', '.join(rec.input_names)}, not keypoints: live recognition "
+                         "runs landmark models; export a landmark student (python -m evaluate.export)")
+    others = [n for n in rec.input_names if n not in ("keypoints", "keypoints_mask")]
+    if others:
+        raise ValueError(f"{rec.name} also needs {', '.join(others)}; live recognition feeds landmarks "
+                         "only; export a landmark-only model (a landmark student)")
+
+
+def require_mediapipe_layout(rec: Recognizer) -> None:
+    """Refuse a model whose keypoints are not MediaPipe Holistic's 543 points (what the extractor gives)."""
+    if rec.spec.keypoint_layout != HOLISTIC_543:
+        raise ValueError(f"{rec.name} expects keypoint layout {rec.spec.keypoint_layout or 'unknown'!r} "
+                         f"({rec.spec.num_keypoints} points) but MediaPipe Holistic gives {HOLISTIC_543!r}; "
+                         "use a model trained on a MediaPipe landmark cache")
+
+
+def video_inputs(frames: np.ndarray, rec: Recognizer, extractor: Callable[[np.ndarray], Landmarks] | None = None,
+                 name: str = "<frames>") -> dict[str, np.ndarray]:
+    """A whole video's model inputs, batch of one, preprocessed as the cache was.
+
+    Args:
+        frames: uint8 RGB [T, H, W, 3].
+        rec: the model (its input names, spec and preprocessing).
+        extractor: whole-video landmarks ``frames -> (kp [T, K, 3], mask [T, K])``; default
+            MediaPipe Holistic (built only when the model reads keypoints).
+
+    Returns:
+        name -> array with a leading batch axis of 1.
+    """
+    from preprocess.video import resize_crop
+
+    out: dict[str, np.ndarray] = {}
+    if "flow" in rec.input_names:
+        raise ValueError(f"{rec.name} needs optical flow, which deployment inference does not compute; "
+                         "export a distilled rgb or landmark student instead")
+    if "keypoints" in rec.input_names:
+        if extractor is None:
+            require_mediapipe_layout(rec)
+            from preprocess.landmarks import HolisticExtractor
+
+            with HolisticExtractor() as holistic:
+                kp, mask = holistic(frames, name)
+        else:
+            kp, mask = extractor(frames)
+        out["keypoints"] = kp[None].astype(np.float32)  # [1, T, K, 3]
+        out["keypoints_mask"] = mask[None].astype(bool)  # [1, T, K]
+    if "rgb" in rec.input_names:
+        resize = int(rec.preprocess.get("rgb_resize") or rec.spec.rgb_size)
+        crop = int(rec.preprocess.get("rgb_crop") or rec.spec.rgb_size)
+        small = resize_crop(frames, resize)  # [T, resize, resize, 3]
+        off = (resize - crop) // 2
+        small = small[:, off:off + crop, off:off + crop]  # centre crop, as evaluation does
+        out["rgb"] = (small.transpose(0, 3, 1, 2)[None].astype(np.float32) / 255.0)  # [1, T, 3, S, S]
+        if "keypoints" in out and crop < resize:
+            # beside an image stream, training maps landmarks into the crop window (models.data); so do we
+            start, side = off / resize, crop / resize
+            kp = (out["keypoints"][..., :2] - start) / side
+            out["keypoints"] = np.concatenate([kp, out["keypoints"][..., 2:]], axis=-1)
+            out["keypoints"][~out["keypoints_mask"]] = 0.0
+    return out
+
+
+@dataclass
+class VideoResult:
+    glosses: list[str]  # the decoded gloss sequence
+    frames: int  # frames read
+    seconds: dict[str, float]  # stage -> wall seconds: read, features, model, decode
+
+
+def recognize_video(path: str | os.PathLike, rec: Recognizer, beam: int = 10,
+                    extractor: Callable[[np.ndarray], Landmarks] | None = None) -> VideoResult:
+    """Decode a whole video file (or frame folder) offline."""
+    from preprocess.video import read_frames
+
+    t0 = time.perf_counter()
+    frames, _fps = read_frames(path)  # VideoError "<path>: <problem>" when unreadable
+    t1 = time.perf_counter()
+    inputs = video_inputs(frames, rec, extractor, str(path))
+    t2 = time.perf_counter()
+    logits, out_lengths = rec(inputs, np.array([len(frames)]))
+    t3 = time.perf_counter()
+    glosses = decode(logits, out_lengths, rec.vocab, beam)[0]
+    t4 = time.perf_counter()
+    seconds = {"read": t1 - t0, "features": t2 - t1, "model": t3 - t2, "decode": t4 - t3}
+    return VideoResult(glosses, len(frames), seconds)
+
+
+# --- live: frame sources, per-frame landmarks, the sliding window -------------------------------
+
+
+def capture_frames(source: int | str | os.PathLike, max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """RGB uint8 [H, W, 3] frames, one at a time, from a camera index or a video file (OpenCV)."""
+    import cv2
+
+    if not isinstance(source, int):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such video file; check the path")
+    cap = cv2.VideoCapture(source if isinstance(source, int) else str(source))
+    if not cap.isOpened():
+        what = f"camera {source}" if isinstance(source, int) else str(source)
+        fix = "check it is connected and not in use" if isinstance(source, int) else "not a video OpenCV can read"
+        raise ValueError(f"{what}: cannot be opened; {fix}")
+    count = 0
+    try:
+        while max_frames is None or count < max_frames:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            count += 1
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    finally:
+        cap.release()
+    if count == 0:
+        what = f"camera {source}" if isinstance(source, int) else str(source)
+        raise ValueError(f"{what}: no frame could be read; check the file/camera (unreadable or empty video)")
+
+
+def prefetch(frames: Iterable[Any], depth: int = 4, keep_latest: bool = False) -> Iterator[Any]:
+    """Read ``frames`` on a background thread so decoding overlaps MediaPipe (both release the GIL).
+
+    Args:
+        frames: any frame iterator (its errors are re-raised here, in order).
+        depth: frames buffered ahead.
+        keep_latest: drop the oldest buffered frame instead of waiting when the consumer is slower
+            (a live camera: recognise the present, not a growing backlog); False keeps every frame.
+    """
+    import queue
+    import threading
+
+    if depth < 1:
+        raise ValueError(f"prefetch depth must be >= 1, got {depth}")
+    buf: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def put(item: Any) -> None:
+        while not stop.is_set():
+            try:
+                buf.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if keep_latest:
+                    try:
+                        buf.get_nowait()  # drop the oldest frame
+                    except queue.Empty:
+                        pass
+
+    def reader() -> None:
+        try:
+            for f in frames:
+                if stop.is_set():
+                    return
+                put((f, None))
+        except BaseException as e:  # handed to the consumer
+            put((done, e))
+            return
+        put((done, None))
+
+    thread = threading.Thread(target=reader, name="frame-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, err = buf.get()
+            if item is done:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=1.0)
+
+
+class StreamingHolistic:
+    """MediaPipe Holistic one frame at a time, tracking across frames (the live counterpart of
+    ``preprocess.landmarks.HolisticExtractor``, which takes whole videos); same 543 layout and mask."""
+
+    def __init__(self, config=None) -> None:
+        from preprocess.landmarks import HolisticConfig
+
+        self.config = config or HolisticConfig()
+        self._graph = None
+
+    def __enter__(self) -> "StreamingHolistic":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._graph is not None:
+            self._graph.close()
+            self._graph = None
+
+    def __call__(self, frame: np.ndarray) -> Landmarks:
+        """RGB uint8 [H, W, 3] -> keypoints float32 [543, 3], mask bool [543] (False: not detected)."""
+        from preprocess.landmarks import NUM_POINTS, PARTS
+
+        if self._graph is None:
+            from mediapipe.python.solutions import holistic
+
+            c = self.config
+            self._graph = holistic.Holistic(
+                static_image_mode=False, model_complexity=c.model_complexity, smooth_landmarks=c.smooth_landmarks,
+                enable_segmentation=False, refine_face_landmarks=False,
+                min_detection_confidence=c.min_detection_confidence, min_tracking_confidence=c.min_tracking_confidence,
+            )
+        image = np.ascontiguousarray(frame)
+        image.flags.writeable = False  # MediaPipe wraps the buffer without copying
+        result = self._graph.process(image)
+        kp = np.zeros((NUM_POINTS, 3), dtype=np.float32)
+        mask = np.zeros(NUM_POINTS, dtype=bool)
+        for part, (lo, hi), attr in PARTS:
+            found = getattr(result, attr)
+            if found is None:
+                continue
+            kp[lo:hi] = [(p.x, p.y, p.z) for p in found.landmark]
+            if part == "pose" and self.config.min_pose_visibility > 0.0:
+                mask[lo:hi] = [p.visibility >= self.config.min_pose_visibility for p in found.landmark]
+                kp[lo:hi][~mask[lo:hi]] = 0.0
+            else:
+                mask[lo:hi] = True
+        return kp, mask
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Sliding-window settings of live recognition (frames at the camera's rate, ~25 fps)."""
+
+    window: int = 128  # frames the model sees per run (~5 s); longer: more context, slower runs
+    hop: int = 16  # frames between model runs (the display latency of tentative glosses)
+    guard: int = 16  # left context a window needs before its decisions count (see module docstring)
+
+    def __post_init__(self) -> None:
+        for name in ("window", "hop"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"stream {name} must be >= 1 frame, got {getattr(self, name)}")
+        if self.guard < 0:
+            raise ValueError(f"stream guard must be >= 0 frames, got {self.guard}")
+        if self.hop + self.guard >= self.window:
+            raise ValueError(f"stream hop + guard ({self.hop} + {self.guard}) must be < window ({self.window}); "
+                             "otherwise some frames are never decided with context")
+
+
+@dataclass
+class StreamUpdate:
+    """State after one model run."""
+
+    frame: int  # frames consumed so far
+    committed: list[str]  # final glosses so far, in order
+    new: list[str]  # glosses made final by this run
+    tentative: list[str]  # the current window's glosses after the final ones (may still change)
+    final: bool = False  # the end-of-stream update
+
+
+@dataclass
+class StreamStats:
+    """Counts and timings of one live session (filled in by :func:`stream_glosses`)."""
+
+    frames: int = 0  # frames consumed
+    runs: int = 0  # model runs
+    extract_s: float = 0.0  # seconds in the landmark extractor
+    model_s: float = 0.0  # seconds in the model (+ greedy decoding)
+    wall_s: float = 0.0  # seconds from the first frame request to the end
+    startup_s: float = 0.0  # seconds until the first frame's landmarks (camera open + MediaPipe graph build)
+
+    @property
+    def fps(self) -> float:
+        """Frames per second end to end, start-up included."""
+        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def steady_fps(self) -> float:
+        """Frames per second after the first frame: the rate a running session sustains."""
+        rest = self.wall_s - self.startup_s
+        return (self.frames - 1) / rest if self.frames > 1 and rest > 0 else 0.0
+
+
+class LandmarkStream:
+    """Sliding-window CTC recognition over a growing landmark sequence (see the module docstring).
+
+    Args:
+        rec: a landmark model (keypoints + keypoints_mask inputs).
+        cfg: window, hop and guard in frames.
+    """
+
+    def __init__(self, rec: Recognizer, cfg: StreamConfig = StreamConfig()) -> None:
+        require_landmark_model(rec)
+        self.rec, self.cfg = rec, cfg
+        self.kp: deque[np.ndarray] = deque(maxlen=cfg.window)
+        self.mask: deque[np.ndarray] = deque(maxlen=cfg.window)
+        self.seen = 0  # frames pushed
+        self.last_run = 0  # value of ``seen`` at the last model run
+        self.boundary = 0  # glosses whose spike starts before this frame are decided
+        self.committed: list[tuple[int, int]] = []  # (token, start frame)
+        self.pending: list[tuple[int, int]] = []  # the last run's undecided glosses
+        self.model_s = 0.0
+        self.runs = 0
+
+    def push(self, keypoints: np.ndarray, mask: np.ndarray) -> StreamUpdate | None:
+        """Add one frame's landmarks ([K, 3], [K]); returns an update when the model ran."""
+        self.kp.append(np.asarray(keypoints, dtype=np.float32))
+        self.mask.append(np.asarray(mask, dtype=bool))
+        self.seen += 1
+        if self.seen - self.last_run >= self.cfg.hop:
+            return self._run(final=False)
+        return None
+
+    def flush(self) -> StreamUpdate:
+        """End of stream: decode what is left and make every gloss final."""
+        if self.seen == 0:
+            return StreamUpdate(0, [], [], [], final=True)
+        if self.seen != self.last_run:
+            return self._run(final=True)
+        new = self._commit(self.pending)
+        return StreamUpdate(self.seen, self._glosses(self.committed), new, [], final=True)
+
+    def _glosses(self, items: Sequence[tuple[int, int]]) -> list[str]:
+        return [self.rec.vocab[t] for t, _ in items]
+
+    def _commit(self, items: list[tuple[int, int]]) -> list[str]:
+        self.committed.extend(items)
+        self.pending = [p for p in self.pending if p not in items]
+        return self._glosses(items)
+
+    def _run(self, final: bool) -> StreamUpdate:
+        start = self.seen - len(self.kp)  # absolute frame of the window's first frame
+        new: list[str] = []
+        if start > 0:  # frames have left the window: what the last run decided before start+guard is final
+            limit = start + self.cfg.guard
+            new += self._commit([p for p in self.pending if p[1] < limit])
+            self.boundary = max(self.boundary, limit)
+        t0 = time.perf_counter()
+        kp = np.stack(self.kp)[None]  # [1, W, K, 3]
+        mask = np.stack(self.mask)[None]  # [1, W, K]
+        logits, out_lengths = self.rec({"keypoints": kp, "keypoints_mask": mask}, np.array([kp.shape[1]]))
+        best = logits[0, : int(out_lengths[0])].argmax(-1)  # [T'] greedy path of the window
+        self.model_s += time.perf_counter() - t0
+        self.runs += 1
+        self.last_run = self.seen
+        segs = [(tok, start + step * TIME_REDUCTION) for tok, step in ctc_segments(best)]
+        # A spike may drift by a step between overlapping windows: look a little before the boundary
+        # (at most half the guard: the window's first frames show tails of glosses cut by its edge),
+        # and drop what matches a recent final gloss (same token, under two steps apart: a real
+        # repeat needs a blank step between its two spikes).
+        tol = 2 * TIME_REDUCTION
+        lookback = min(tol, self.cfg.guard // 2)
+        cands = [s for s in segs if s[1] >= self.boundary - lookback] if self.boundary else segs
+        recent = self.committed[-3:]
+        cands = [c for c in cands if not any(c[0] == k[0] and abs(c[1] - k[1]) < tol for k in recent)]
+        self.pending = cands
+        if final:
+            new += self._commit(list(cands))
+        return StreamUpdate(self.seen, self._glosses(self.committed), new, self._glosses(self.pending), final)
+
+
+def stream_glosses(frames: Iterable[Any], extractor: FrameExtractor, rec: Recognizer,
+                   cfg: StreamConfig = StreamConfig(), stats: StreamStats | None = None) -> Iterator[StreamUpdate]:
+    """The live loop over any frame iterator (camera, video file, or a test's synthetic frames).
+
+    Args:
+        frames: anything ``extractor`` accepts, one item per frame.
+        extractor: one frame -> (keypoints float [K, 3], mask bool [K]), e.g. :class:`StreamingHolistic`.
+        rec: a landmark model.
+        cfg: window, hop and guard.
+        stats: filled in with frame counts and timings when given.
+
+    Yields:
+        A :class:`StreamUpdate` after every model run; the last one has ``final=True``.
+    """
+    stream = LandmarkStream(rec, cfg)
+    stats = stats if stats is not None else StreamStats()
+    t_start = time.perf_counter()
+    for frame in frames:
+        t0 = time.perf_counter()
+        kp, mask = extractor(frame)
+        stats.extract_s += time.perf_counter() - t0
+        stats.frames += 1
+        if stats.frames == 1:
+            stats.startup_s = time.perf_counter() - t_start
+        update = stream.push(kp, mask)
+        if update is not None:
+            stats.runs, stats.model_s, stats.wall_s = stream.runs, stream.model_s, time.perf_counter() - t_start
+            yield update
+    update = stream.flush()
+    stats.runs, stats.model_s, stats.wall_s = stream.runs, stream.model_s, time.perf_counter() - t_start
+    yield update
+
+
+def fps_report(stats: StreamStats) -> str:
+    """One line: overall frames/s and where the time goes."""
+    n = max(stats.frames, 1)
+    other = max(stats.wall_s - stats.extract_s - stats.model_s, 0.0)
+    return (f"{stats.frames} frames in {stats.wall_s:.2f} s = {stats.fps:.1f} frames/s "
+            f"({stats.steady_fps:.1f} after the {stats.startup_s:.2f} s start-up) | landmarks "
+            f"{1000 * stats.extract_s / n:.1f} ms/frame | model {1000 * stats.model_s / max(stats.runs, 1):.2f} ms/run "
+            f"x {stats.runs} runs | capture+other {1000 * other / n:.1f} ms/frame")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evaluate.infer", description=__doc__.split("\n\n")[0])
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", help="exported .onnx model (vocabulary and config inside)")
+    model.add_argument("--ckpt", help="checkpoint (best.pt), run with PyTorch")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--video", help="video file or frame folder")
+    source.add_argument("--webcam", type=int, metavar="INDEX", help="camera index for live recognition (OpenCV)")
+    parser.add_argument("--stream", action="store_true", help="run --video through the live sliding-window loop")
+    parser.add_argument("--beam", type=int, default=10, help="offline beam width (1: greedy; live uses greedy)")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads of the model (default 1)")
+    parser.add_argument("--window", type=int, default=StreamConfig.window, help="live: frames per model run")
+    parser.add_argument("--hop", type=int, default=StreamConfig.hop, help="live: frames between model runs")
+    parser.add_argument("--guard", type=int, default=StreamConfig.guard, help="live: left-context frames")
+    parser.add_argument("--max-frames", type=int, default=None, help="live: stop after this many frames")
+    parser.add_argument("--frames-per-second-report", action="store_true",
+                        help="print frames/s and the time per stage (live: also every model run)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's start-up chatter
+    try:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        rec = load_recognizer(args.model or args.ckpt, args.threads)
+        if args.video is not None and not args.stream:
+            res = recognize_video(args.video, rec, beam=args.beam)
+            print(" ".join(res.glosses) if res.glosses else "(no gloss recognised)")
+            total = sum(res.seconds.values())
+            print("time: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in res.seconds.items())
+                  + f"; {res.frames} frames, {res.frames / total:.1f} frames/s end to end", file=sys.stderr)
+            return 0
+        cfg = StreamConfig(args.window, args.hop, args.guard)
+        require_landmark_model(rec)
+        require_mediapipe_layout(rec)
+        source = args.webcam if args.webcam is not None else args.video
+        frames = prefetch(capture_frames(source, args.max_frames), keep_latest=args.webcam is not None)
+        stats = StreamStats()
+        update = StreamUpdate(0, [], [], [])
+        with StreamingHolistic() as holistic:
+            try:
+                for update in stream_glosses(frames, holistic, rec, cfg, stats):
+                    if update.new:
+                        print(" ".join(update.new), flush=True)
+                    if args.frames_per_second_report and not update.final:
+                        print(f"[{update.frame} frames, {stats.fps:.1f} fps] tentative: {' '.join(update.tentative)}",
+                              file=sys.stderr, flush=True)
+            except KeyboardInterrupt:  # Ctrl+C ends a webcam session: keep what was recognised
+                update = StreamUpdate(update.frame, update.committed + update.tentative, [], [], final=True)
+        print("glosses: " + (" ".join(update.committed) or "(none)"))
+        if args.frames_per_second_report:
+            print(fps_report(stats), file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # VideoError and MediaPipe errors: one line, not a traceback
+        from preprocess.landmarks import NoPersonError
+        from preprocess.video import VideoError
+
+        if isinstance(e, (VideoError, NoPersonError)):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

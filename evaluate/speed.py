@@ -1,0 +1,311 @@
+"""Model speed and size: the deployment figures of the bars (DESIGN section 9) and of the ablation table.
+
+``python -m evaluate.speed --ckpt exp/a/best.pt [exp/b/best.pt ...] [--onnx model.onnx] [--frames 200]
+[--threads 1] [--live [CLIP]] [--json out.json]`` prints one markdown row per model: parameters,
+sizes on disk (checkpoint, ONNX fp32, ONNX int8), and milliseconds per clip of ``--frames``
+frames for PyTorch, onnxruntime fp32 and int8 on ``--threads`` CPU threads. Without ``--onnx``
+each checkpoint is exported (fp32 + int8) to a temporary folder first. ``--live`` adds the
+live-recognition rate (MediaPipe + landmark model, frames/s) on a real clip.
+
+Times are medians over ``--repeats`` runs after warm-up runs, batch 1, so one slow run
+(another process on the core) does not move the figure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from models.base import InputSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CLIP = "clips/wlasl_68011_book.mp4"  # under ../shared (or $SIGNDISTILL_SHARED)
+
+
+def _time_ms(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, float]:
+    """(median, min) milliseconds of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times), min(times)
+
+
+def onnx_parameters(path: str | os.PathLike) -> int:
+    """Number of weight values stored in an ONNX file (int8 weights count once, like fp32 ones).
+
+    A little below the PyTorch count: the exporter folds BatchNorm into the preceding convolution.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    return int(sum(numpy_helper.to_array(t).size for t in model.graph.initializer
+                   if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+                   and len(t.dims) >= 1 and int(np.prod(t.dims)) > 1))
+
+
+def measure(model_or_session: Any, spec: InputSpec, frames: int = 200, threads: int = 1, repeats: int = 20,
+            warmup: int = 3, input_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Time one clip of ``frames`` frames (batch 1) through a model on ``threads`` CPU threads.
+
+    Args:
+        model_or_session: a torch contract model, an onnxruntime InferenceSession, or a path to an
+            ``.onnx`` file (opened here with ``threads`` intra-op threads).
+        spec: input sizes (K, rgb and flow sides).
+        frames: clip length T.
+        threads: CPU threads (torch: ``set_num_threads`` for the measurement, then restored).
+        repeats, warmup: timed and untimed runs.
+        input_names: model inputs (default: the session's inputs, or every input ``spec`` offers).
+
+    Returns:
+        ``backend`` ("torch" | "onnxruntime"), ``parameters``, ``size_bytes`` (the .onnx file; None
+        for an in-memory model), ``ms_per_clip`` (median), ``ms_min``, ``frames``, ``threads``, ``repeats``.
+    """
+    import torch
+
+    from evaluate.export import example_inputs, ort_session
+
+    if frames < 1 or repeats < 1 or warmup < 0 or threads < 1:
+        raise ValueError(f"need frames >= 1, repeats >= 1, warmup >= 0, threads >= 1; got "
+                         f"{frames}, {repeats}, {warmup}, {threads}")
+    lengths = torch.tensor([frames])
+    size = None
+    if isinstance(model_or_session, torch.nn.Module):
+        from models.build import count_parameters
+
+        model = model_or_session
+        names = tuple(input_names) if input_names else _spec_inputs(spec)
+        inputs = example_inputs(names, spec, [frames])
+        before, was_training = torch.get_num_threads(), model.training
+        torch.set_num_threads(threads)
+        model.eval()
+        try:
+            with torch.no_grad():
+                median, fastest = _time_ms(lambda: model(inputs, lengths), repeats, warmup)
+        finally:
+            torch.set_num_threads(before)
+            model.train(was_training)
+        backend, params = "torch", count_parameters(model)
+    else:
+        if isinstance(model_or_session, (str, os.PathLike)):
+            size = Path(model_or_session).stat().st_size
+            params = onnx_parameters(model_or_session)
+            session = ort_session(model_or_session, threads)
+        else:
+            session, params = model_or_session, 0
+            path = getattr(session, "_model_path", None)
+            if path and Path(path).is_file():
+                size, params = Path(path).stat().st_size, onnx_parameters(path)
+        graph_inputs = [i.name for i in session.get_inputs()]
+        names = tuple(input_names) if input_names else tuple(n for n in graph_inputs if n != "lengths")
+        feed = {k: v.numpy() for k, v in example_inputs(names, spec, [frames]).items()}
+        feed["lengths"] = lengths.numpy()
+        median, fastest = _time_ms(lambda: session.run(None, feed), repeats, warmup)
+        backend = "onnxruntime"
+    return {"backend": backend, "parameters": int(params), "size_bytes": size, "ms_per_clip": median,
+            "ms_min": fastest, "frames": frames, "threads": threads, "repeats": repeats}
+
+
+def _spec_inputs(spec: InputSpec) -> tuple[str, ...]:
+    names = []
+    if spec.rgb_size:
+        names.append("rgb")
+    if spec.num_keypoints:
+        names += ["keypoints", "keypoints_mask"]
+    if spec.flow_size:
+        names.append("flow")
+    return tuple(names)
+
+
+def benchmark_checkpoint(ckpt: str | os.PathLike, onnx: str | os.PathLike | None = None,
+                         int8: str | os.PathLike | None = None, frames: int = 200, threads: int = 1,
+                         repeats: int = 20, warmup: int = 3,
+                         workdir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """One table row: a checkpoint, its fp32 and int8 ONNX exports (made in ``workdir`` when not given)."""
+    from evaluate.export import export_onnx, int8_path_for, load_checkpoint_model, quantize_int8
+
+    loaded = load_checkpoint_model(ckpt)
+    with tempfile.TemporaryDirectory() as tmp:
+        where = Path(workdir or tmp)
+        if onnx is None:
+            onnx = export_onnx(loaded.model, loaded.spec, loaded.vocab, loaded.config, where / "model.onnx",
+                               loaded.input_names, preprocess=loaded.preprocess)
+        if int8 is None:
+            guess = int8_path_for(onnx)
+            int8 = guess if guess.is_file() else quantize_int8(onnx, where / "model.int8.onnx")
+        common = dict(frames=frames, threads=threads, repeats=repeats, warmup=warmup)
+        pt = measure(loaded.model, loaded.spec, input_names=loaded.input_names, **common)
+        fp = measure(onnx, loaded.spec, **common)
+        q = measure(int8, loaded.spec, **common)
+    return {
+        "model": str(ckpt),
+        "kind": loaded.config.get("kind") or "+".join(loaded.config.get("streams", [])),
+        "parameters": pt["parameters"],
+        "ckpt_bytes": Path(ckpt).stat().st_size,
+        "onnx_bytes": fp["size_bytes"],
+        "int8_bytes": q["size_bytes"],
+        "torch_ms": pt["ms_per_clip"],
+        "onnx_ms": fp["ms_per_clip"],
+        "int8_ms": q["ms_per_clip"],
+        "frames": frames,
+        "threads": threads,
+    }
+
+
+def benchmark_onnx(onnx: str | os.PathLike, frames: int = 200, threads: int = 1, repeats: int = 20,
+                   warmup: int = 3) -> dict[str, Any]:
+    """A table row for an exported model alone (sizes and onnxruntime time)."""
+    from evaluate.export import read_metadata
+
+    meta = read_metadata(onnx)
+    r = measure(onnx, meta.spec, frames=frames, threads=threads, repeats=repeats, warmup=warmup)
+    quantised = "int8" in Path(onnx).name
+    return {"model": str(onnx), "kind": meta.config.get("kind") or "+".join(meta.config.get("streams", [])),
+            "parameters": r["parameters"], "ckpt_bytes": None,
+            "onnx_bytes": None if quantised else r["size_bytes"], "int8_bytes": r["size_bytes"] if quantised else None,
+            "torch_ms": None, "onnx_ms": None if quantised else r["ms_per_clip"],
+            "int8_ms": r["ms_per_clip"] if quantised else None, "frames": frames, "threads": threads}
+
+
+def live_fps(clip: str | os.PathLike, model: Any, max_frames: int | None = None, threads: int = 1,
+             stream_cfg: Any = None, extractor: Callable | None = None, loops: int = 1) -> dict[str, Any]:
+    """Live recognition rate on a real clip: OpenCV decode (prefetched) -> MediaPipe Holistic -> sliding-window model.
+
+    Args:
+        clip: a video file, fed frame by frame as a webcam would.
+        model: a landmark recognizer (``evaluate.infer``) or a path to an .onnx/.pt landmark model.
+        max_frames: stop after this many frames (None: the whole clip).
+        threads: model threads when ``model`` is a path.
+        stream_cfg: ``evaluate.infer.StreamConfig`` (default window 128, hop 16).
+        extractor: per-frame landmarks (default MediaPipe Holistic, tracking mode).
+        loops: play the clip this many times in a row (short clips: a steadier rate).
+
+    Returns:
+        ``frames``, ``fps`` (end to end), ``steady_fps`` (after the first frame), ``startup_s``
+        (camera/file open + MediaPipe graph build), ``landmarks_ms_per_frame``, ``model_ms_per_run``,
+        ``runs``, ``other_ms_per_frame`` (waiting for decoded frames, bookkeeping), ``glosses``.
+    """
+    import itertools
+    from evaluate.infer import (StreamConfig, StreamingHolistic, StreamStats, capture_frames, load_recognizer,
+                                prefetch, require_landmark_model, stream_glosses)
+
+    rec = load_recognizer(model, threads) if isinstance(model, (str, os.PathLike)) else model
+    require_landmark_model(rec)
+    stats = StreamStats()
+    own = extractor is None
+    ext = StreamingHolistic() if own else extractor
+    try:
+        last = None
+        if loops < 1:
+            raise ValueError(f"loops must be >= 1, got {loops}")
+        played = itertools.chain.from_iterable(capture_frames(clip) for _ in range(loops))
+        frames = prefetch(itertools.islice(played, max_frames))  # decoding overlaps MediaPipe, as in evaluate.infer
+        for last in stream_glosses(frames, ext, rec, stream_cfg or StreamConfig(), stats):
+            pass
+    finally:
+        if own:
+            ext.close()
+    n = max(stats.frames, 1)
+    return {"clip": str(clip), "frames": stats.frames, "fps": stats.fps, "steady_fps": stats.steady_fps,
+            "startup_s": stats.startup_s,
+            "landmarks_ms_per_frame": 1000 * stats.extract_s / n,
+            "model_ms_per_run": 1000 * stats.model_s / max(stats.runs, 1), "runs": stats.runs,
+            "other_ms_per_frame": 1000 * max(stats.wall_s - stats.extract_s - stats.model_s, 0.0) / n,
+            "glosses": last.committed if last else []}
+
+
+def default_clip() -> Path | None:
+    """The shared real clip used for the live figure, when the ../shared folder is present."""
+    shared = Path(os.environ.get("SIGNDISTILL_SHARED", ROOT.parent / "shared"))
+    clip = shared / DEFAULT_CLIP
+    return clip if clip.is_file() else None
+
+
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.2f}"
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows from ``benchmark_checkpoint``/``benchmark_onnx`` as a markdown table."""
+    if not rows:
+        return ""
+    f, th = rows[0]["frames"], rows[0]["threads"]
+    head = (f"| model | kind | params | ckpt MB | onnx MB | int8 MB | torch ms/{f} fr | onnx ms/{f} fr | "
+            f"int8 ms/{f} fr |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [head]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['kind']} | {r['parameters'] / 1e6:.3f} M | {_mb(r['ckpt_bytes'])} | "
+                     f"{_mb(r['onnx_bytes'])} | {_mb(r['int8_bytes'])} | {_ms(r['torch_ms'])} | "
+                     f"{_ms(r['onnx_ms'])} | {_ms(r['int8_ms'])} |")
+    return "\n".join(lines) + f"\n\n(CPU, {th} thread(s), batch 1, median over repeats after warm-up)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evaluate.speed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", nargs="*", default=[], help="checkpoint(s), one table row each")
+    parser.add_argument("--onnx", help="exported fp32 model (with one --ckpt: its export; alone: timed alone)")
+    parser.add_argument("--int8", help="exported int8 model (default: <onnx stem>.int8.onnx or made now)")
+    parser.add_argument("--frames", type=int, default=200, help="frames per timed clip (default 200)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs per model (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first")
+    parser.add_argument("--live", nargs="?", const="auto", default=None, metavar="CLIP",
+                        help="also measure live fps (MediaPipe + landmark model) on CLIP (default: the shared clip)")
+    parser.add_argument("--live-frames", type=int, default=None, help="stop the live measurement after N frames")
+    parser.add_argument("--live-loops", type=int, default=3, help="play the live clip this many times (default 3)")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if not args.ckpt and not args.onnx:
+        parser.error("give --ckpt and/or --onnx")
+    if args.onnx and len(args.ckpt) > 1:
+        parser.error("--onnx belongs to one checkpoint; give a single --ckpt with it")
+    try:
+        common = dict(frames=args.frames, threads=args.threads, repeats=args.repeats, warmup=args.warmup)
+        rows = [benchmark_checkpoint(c, args.onnx, args.int8, **common) for c in args.ckpt]
+        if not args.ckpt:
+            rows.append(benchmark_onnx(args.onnx, **common))
+            if args.int8:
+                rows.append(benchmark_onnx(args.int8, **common))
+        print(markdown_table(rows))
+        result: dict[str, Any] = {"rows": rows}
+        if args.live:
+            clip = default_clip() if args.live == "auto" else Path(args.live)
+            if clip is None:
+                raise FileNotFoundError(f"no live clip: {DEFAULT_CLIP} not found under ../shared; pass --live CLIP")
+            model = args.int8 or args.onnx or args.ckpt[0]
+            live = live_fps(clip, model, args.live_frames, args.threads, loops=args.live_loops)
+            result["live"] = live
+            print(f"\nlive ({Path(clip).name}, {live['frames']} frames): {live['steady_fps']:.1f} frames/s "
+                  f"sustained, {live['fps']:.1f} with the {live['startup_s']:.2f} s start-up | "
+                  f"MediaPipe {live['landmarks_ms_per_frame']:.1f} ms/frame | model {live['model_ms_per_run']:.2f} "
+                  f"ms/run x {live['runs']} | decode+other {live['other_ms_per_frame']:.1f} ms/frame")
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,295 @@
+"""Deployment inference (offline video, the live sliding-window loop on frame iterators) and speed.measure."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from evaluate import export as E  # noqa: E402
+from evaluate import infer as I  # noqa: E402
+from evaluate import speed as S  # noqa: E402
+from evaluate.decode import greedy_decode  # noqa: E402
+from models.base import InputSpec  # noqa: E402
+from models.build import ModelConfig, build_model  # noqa: E402
+from models.checkpoint import save_checkpoint  # noqa: E402
+from models.students import StudentConfig, build_student  # noqa: E402
+from preprocess.layouts import HOLISTIC_543  # noqa: E402
+
+SPEC = InputSpec(num_keypoints=543, keypoint_layout=HOLISTIC_543)
+VOCAB = ["<blank>"] + [f"G{i}" for i in range(1, 10)]
+STUDENT = StudentConfig(dim=32, layers=1, heads=2, ff_dim=64, dropout=0.0)
+KP_NAMES = ("keypoints", "keypoints_mask")
+
+
+@pytest.fixture(scope="module")
+def student():
+    torch.manual_seed(0)
+    return build_student(STUDENT, len(VOCAB), SPEC).eval()
+
+
+@pytest.fixture(scope="module")
+def student_onnx(student, tmp_path_factory):
+    return E.export_onnx(student, SPEC, VOCAB, STUDENT.to_dict(), tmp_path_factory.mktemp("s") / "student.onnx")
+
+
+@pytest.fixture(scope="module")
+def rgb_onnx(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = ModelConfig(streams=("rgb",), rgb_backbone="tiny", tiny_channels=4, hidden=16, lstm_layers=1)
+    spec = InputSpec(rgb_size=32)
+    model = build_model(cfg, len(VOCAB), spec).eval()
+    return E.export_onnx(model, spec, VOCAB, cfg.to_dict(), tmp_path_factory.mktemp("r") / "rgb.onnx",
+                         preprocess={"rgb_resize": 40, "rgb_crop": 32})
+
+
+def landmarks(t: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.random((t, 543, 3), dtype=np.float32), rng.random((t, 543)) < 0.9
+
+
+class FakeRec:
+    """A 'model' whose frame posteriors are read off the input: frame f's token is kp[f, 0, 0].
+
+    Output step j (frames 4j..4j+3) emits the token of frame 4j + 2, so the CTC spikes sit at
+    known frames and the sliding window's commit logic can be checked exactly.
+    """
+
+    name = "fake.onnx"
+    vocab = tuple(VOCAB)
+    spec = SPEC
+    input_names = KP_NAMES
+    preprocess: dict = {}
+
+    def __call__(self, inputs, lengths):
+        tok = np.rint(inputs["keypoints"][:, :, 0, 0]).astype(int)  # [B, T]
+        steps = max(1, tok.shape[1] // 4)
+        logits = np.full((tok.shape[0], steps, len(VOCAB)), -10.0, dtype=np.float32)
+        for j in range(steps):
+            f = min(4 * j + 2, tok.shape[1] - 1)
+            logits[np.arange(tok.shape[0]), j, tok[:, f]] = 10.0
+        return logits, np.maximum(1, np.asarray(lengths) // 4)
+
+
+def token_frames(seq: list[int], on: int = 12, gap: int = 8, lead: int = 6) -> np.ndarray:
+    """Per-frame token ids: ``lead`` blanks, then each gloss for ``on`` frames followed by ``gap`` blanks."""
+    frames = [0] * lead
+    for tok in seq:
+        frames += [tok] * on + [0] * gap
+    return np.array(frames)
+
+
+def table_extractor(kp: np.ndarray, mask: np.ndarray):
+    """A fake per-frame extractor: frame i -> row i of a generated landmark array."""
+    return lambda i: (kp[i], mask[i])
+
+
+@pytest.mark.parametrize("window,hop,guard", [(40, 8, 8), (64, 16, 16), (33, 5, 7), (24, 4, 12), (500, 16, 16)])
+def test_sliding_window_commits_every_gloss_once(window, hop, guard):
+    seq = [3, 1, 1, 2, 5, 4, 3, 3, 2, 9, 1]  # repeats separated by blanks must both survive
+    toks = token_frames(seq)
+    kp = np.zeros((len(toks), 543, 3), dtype=np.float32)
+    kp[:, 0, 0] = toks
+    mask = np.ones((len(toks), 543), dtype=bool)
+    updates = list(I.stream_glosses(range(len(toks)), table_extractor(kp, mask), FakeRec(),
+                                    I.StreamConfig(window, hop, guard)))
+    assert updates[-1].final and updates[-1].tentative == []
+    want = [VOCAB[t] for t in seq]
+    assert updates[-1].committed == want
+    assert sum((u.new for u in updates), []) == want  # each gloss announced exactly once, in order
+    for u in updates:  # what is final never changes afterwards
+        assert u.committed == want[: len(u.committed)]
+    if window < len(toks):
+        assert len(updates[-2].committed) > 0  # glosses become final before the stream ends
+
+
+def test_stream_equals_whole_sequence_decoding_when_the_window_covers_it(student, student_onnx):
+    kp, mask = landmarks(90, seed=3)
+    with torch.no_grad():
+        out = student({"keypoints": torch.from_numpy(kp)[None], "keypoints_mask": torch.from_numpy(mask)[None]},
+                      torch.tensor([90]))
+    want = [VOCAB[i] for i in greedy_decode(out.main, out.out_lengths)[0]]
+    assert want  # a random model still emits glosses, so the comparison means something
+    for rec in (I.OnnxRecognizer(student_onnx), I.TorchRecognizer(student, VOCAB, SPEC, KP_NAMES)):
+        stats = I.StreamStats()
+        updates = list(I.stream_glosses(range(90), table_extractor(kp, mask), rec, I.StreamConfig(128, 16, 16), stats))
+        assert updates[-1].committed == want
+        assert [u.frame for u in updates] == [16, 32, 48, 64, 80, 90]
+        assert stats.frames == 90 and stats.runs == 6 and stats.fps > 0
+
+
+def test_onnx_recognizer_pads_clips_shorter_than_the_time_reduction(student, student_onnx):
+    kp, mask = landmarks(3, seed=1)
+    rec = I.OnnxRecognizer(student_onnx)
+    logits, out_lengths = rec({"keypoints": kp[None], "keypoints_mask": mask[None]}, np.array([3]))
+    with torch.no_grad():
+        ref = student({"keypoints": torch.from_numpy(kp)[None], "keypoints_mask": torch.from_numpy(mask)[None]},
+                      torch.tensor([3]))
+    assert out_lengths.tolist() == [1]
+    np.testing.assert_allclose(logits, ref.main.numpy(), atol=1e-4)
+
+
+def test_decode_greedy_and_beam_agree_on_peaked_posteriors():
+    ids = [0, 3, 3, 0, 0, 5, 0, 5, 2, 2, 0]
+    logits = np.full((1, len(ids), len(VOCAB)), -8.0, dtype=np.float32)
+    logits[0, np.arange(len(ids)), ids] = 8.0
+    want = [["G3", "G5", "G5", "G2"]]
+    assert I.decode(logits, np.array([len(ids)]), VOCAB, beam=1) == want
+    assert I.decode(logits, np.array([len(ids)]), VOCAB, beam=5) == want
+    assert I.decode(logits, np.array([4]), VOCAB, beam=1) == [["G3"]]  # frames beyond the length ignored
+    assert I.ctc_segments(np.array(ids)) == [(3, 1), (5, 5), (5, 7), (2, 8)]
+
+
+def test_recognize_video_with_a_whole_video_extractor(shared_dir, student_onnx):
+    clip = shared_dir / "clips" / "wlasl_68011_book.mp4"
+    rec = I.OnnxRecognizer(student_onnx)
+    seen = {}
+
+    def extractor(frames):
+        seen["shape"] = frames.shape
+        return landmarks(len(frames), seed=5)
+
+    res = I.recognize_video(clip, rec, beam=1, extractor=extractor)
+    t = seen["shape"][0]
+    assert res.frames == t and seen["shape"][3] == 3
+    kp, mask = landmarks(t, seed=5)
+    logits, lens = rec({"keypoints": kp[None], "keypoints_mask": mask[None]}, np.array([t]))
+    assert res.glosses == I.decode(logits, lens, VOCAB)[0]
+    assert set(res.seconds) == {"read", "features", "model", "decode"}
+
+
+def test_rgb_model_offline_preprocessing(shared_dir, rgb_onnx):
+    rec = I.OnnxRecognizer(rgb_onnx)
+    frames = np.random.default_rng(0).integers(0, 255, (10, 48, 64, 3), dtype=np.uint8)
+    inputs = I.video_inputs(frames, rec)
+    assert set(inputs) == {"rgb"} and inputs["rgb"].shape == (1, 10, 3, 32, 32)  # resize 40, centre crop 32
+    assert inputs["rgb"].dtype == np.float32 and 0.0 <= inputs["rgb"].min() and inputs["rgb"].max() <= 1.0
+    res = I.recognize_video(shared_dir / "clips" / "wlasl_68011_book.mp4", rec, beam=3)
+    assert all(g in VOCAB[1:] for g in res.glosses)
+
+
+def test_streaming_holistic_on_real_frames(shared_dir):
+    pytest.importorskip("mediapipe")
+    clip = shared_dir / "clips" / "wlasl_68011_book.mp4"
+    with I.StreamingHolistic() as holistic:
+        out = [holistic(f) for f in I.capture_frames(clip, max_frames=6)]
+    assert len(out) == 6
+    kp, mask = out[-1]
+    assert kp.shape == (543, 3) and kp.dtype == np.float32 and mask.shape == (543,)
+    assert any(m[:33].all() for _, m in out)  # the signer's pose is found
+    assert np.all(kp[~mask] == 0.0)
+
+
+def test_wrong_models_are_refused_in_one_line(rgb_onnx, student_onnx, tmp_path, capsys):
+    rgb = I.OnnxRecognizer(rgb_onnx)
+    with pytest.raises(ValueError, match=r"rgb\.onnx takes rgb, not keypoints: live recognition runs landmark models"):
+        I.LandmarkStream(rgb)
+    assert I.main(["--model", str(rgb_onnx), "--webcam", "0"]) == 2  # refused before any camera is opened
+    assert "not keypoints" in capsys.readouterr().err
+
+    custom = FakeRec()
+    custom.spec = InputSpec(num_keypoints=17, keypoint_layout="custom_17")
+    with pytest.raises(ValueError, match="expects keypoint layout 'custom_17' .* MediaPipe Holistic gives"):
+        I.require_mediapipe_layout(custom)
+    flow = FakeRec()
+    flow.input_names = ("flow",)
+    with pytest.raises(ValueError, match="needs optical flow"):
+        I.video_inputs(np.zeros((4, 8, 8, 3), np.uint8), flow)
+    with pytest.raises(ValueError, match="hop \\+ guard .* must be < window"):
+        I.StreamConfig(window=16, hop=8, guard=8)
+
+    import onnx
+
+    proto = onnx.load(str(student_onnx))
+    kept = [p for p in proto.metadata_props if p.key != "vocabulary"]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    novocab = tmp_path / "novocab.onnx"
+    onnx.save(proto, str(novocab))
+    assert I.main(["--model", str(novocab), "--video", "x.mp4"]) == 2
+    err = capsys.readouterr().err
+    assert "novocab.onnx: no 'vocabulary' in the ONNX metadata" in err and err.count("\n") == 1
+
+
+def test_unreadable_video_is_one_line(student_onnx, tmp_path, capsys):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00not a video" * 100)
+    assert I.main(["--model", str(student_onnx), "--video", str(junk), "--beam", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "junk.mp4" in err and err.count("\n") == 1
+    with pytest.raises((ValueError, FileNotFoundError), match="junk.mp4"):
+        list(I.capture_frames(junk))
+    with pytest.raises(FileNotFoundError, match="missing.mp4: no such video file"):
+        list(I.capture_frames(tmp_path / "missing.mp4"))
+
+
+def test_speed_measure_torch_and_onnx(student, student_onnx):
+    keys = {"backend", "parameters", "size_bytes", "ms_per_clip", "ms_min", "frames", "threads", "repeats"}
+    pt = S.measure(student, SPEC, frames=40, repeats=2, warmup=1, input_names=KP_NAMES)
+    assert set(pt) == keys and pt["backend"] == "torch"
+    assert pt["parameters"] == sum(p.numel() for p in student.parameters())
+    assert pt["ms_per_clip"] > 0 and pt["ms_min"] > 0 and pt["size_bytes"] is None
+    fp = S.measure(student_onnx, SPEC, frames=40, repeats=2, warmup=1)
+    assert fp["backend"] == "onnxruntime" and fp["size_bytes"] == student_onnx.stat().st_size
+    assert fp["ms_per_clip"] > 0
+    assert 0.95 * pt["parameters"] < fp["parameters"] <= pt["parameters"]  # BatchNorm folds into the convs
+
+
+@pytest.fixture(scope="module")
+def student_ckpt(student, tmp_path_factory):
+    ck = tmp_path_factory.mktemp("ck") / "best.pt"
+    save_checkpoint(ck, {"model_config": STUDENT.to_dict(), "input_spec": {"num_keypoints": 543,
+                         "keypoint_layout": HOLISTIC_543, "rgb_size": 0, "flow_size": 0},
+                         "vocab": VOCAB, "model": student.state_dict()})
+    return ck
+
+
+def test_checkpoint_and_onnx_recognizers_agree(student_ckpt, student_onnx):
+    kp, mask = landmarks(41, seed=7)
+    feed = {"keypoints": kp[None], "keypoints_mask": mask[None]}
+    pt = I.load_recognizer(student_ckpt)
+    assert isinstance(pt, I.TorchRecognizer) and pt.vocab == tuple(VOCAB) and pt.input_names == KP_NAMES
+    a, a_len = pt(feed, np.array([41]))
+    b, b_len = I.load_recognizer(student_onnx)(feed, np.array([41]))
+    np.testing.assert_array_equal(a_len, b_len)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_speed_cli_table_and_json(student_ckpt, tmp_path, capsys):
+    ck = student_ckpt
+    out = tmp_path / "bench.json"
+    assert S.main(["--ckpt", str(ck), "--frames", "40", "--repeats", "2", "--warmup", "1", "--json", str(out)]) == 0
+    assert "| model | kind | params |" in capsys.readouterr().out
+    row = json.loads(out.read_text())["rows"][0]
+    for key in ("parameters", "ckpt_bytes", "onnx_bytes", "int8_bytes", "torch_ms", "onnx_ms", "int8_ms"):
+        assert row[key] > 0, key
+    assert row["int8_bytes"] < row["onnx_bytes"] and row["kind"] == "landmark"
+
+
+def test_live_fps_on_a_clip_with_a_fake_extractor(shared_dir, student_onnx):
+    clip = shared_dir / "clips" / "wlasl_68011_book.mp4"
+    kp, mask = landmarks(1)
+    res = S.live_fps(clip, student_onnx, max_frames=70, stream_cfg=I.StreamConfig(32, 8, 8),
+                     extractor=lambda frame: (kp[0], mask[0]), loops=2)  # the clip has 55 frames
+    assert res["frames"] == 70 and res["runs"] == 9
+    assert res["fps"] > 0 and res["steady_fps"] > 0 and res["model_ms_per_run"] > 0
+
+
+def test_prefetch_keeps_order_and_reraises():
+    assert list(I.prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def broken():
+        yield 1
+        yield 2
+        raise ValueError("clip.mp4: decoding failed at frame 2")
+
+    got = []
+    with pytest.raises(ValueError, match="decoding failed at frame 2"):
+        for f in I.prefetch(broken(), depth=1):
+            got.append(f)
+    assert got == [1, 2]
+    latest = list(I.prefetch(iter(range(20)), depth=2, keep_latest=True))
+    assert latest == sorted(latest) and latest[-1] == 19  # may skip frames, never reorders, ends at the last
