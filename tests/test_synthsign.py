@@ -297,7 +297,7 @@ def test_main_cli(tmp_path, capsys):
     assert ss.main(args) == 0 and "up to date" in capsys.readouterr().out
     assert ss.main(["--out", str(out), "--preset", "tiny", "--difficulty", "2", "--quiet"]) == 2
     assert "difficulty=2.0" in capsys.readouterr().err
-    yaml_cfg = Path(__file__).resolve().parents[1] / "configs" / "datasets" / "synthsign_gen.yaml"
+    yaml_cfg = Path(__file__).resolve().parents[1] / "configs" / "synthsign" / "generator.yaml"
     values = ss._load_yaml_config(str(yaml_cfg))
     assert ss.preset(values.pop("preset"), **values) == ss.preset("default")
     bad = tmp_path / "bad.yaml"
