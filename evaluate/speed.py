@@ -1,11 +1,12 @@
 """Model speed and size: the deployment figures of the bars (DESIGN section 9) and of the ablation table.
 
 ``python -m evaluate.speed --ckpt exp/a/best.pt [exp/b/best.pt ...] [--onnx model.onnx] [--frames 200]
-[--threads 1] [--live [CLIP]] [--json out.json]`` prints one markdown row per model: parameters,
-sizes on disk (checkpoint, ONNX fp32, ONNX int8), and milliseconds per clip of ``--frames``
+[--threads 1] [--live [CLIP]] [--live-workers 2] [--json out.json]`` prints one markdown row per
+model: parameters, sizes on disk (checkpoint, ONNX fp32, ONNX int8), and milliseconds per clip of ``--frames``
 frames for PyTorch, onnxruntime fp32 and int8 on ``--threads`` CPU threads. Without ``--onnx``
 each checkpoint is exported (fp32 + int8) to a temporary folder first. ``--live`` adds the
-live-recognition rate (MediaPipe + landmark model, frames/s) on a real clip.
+live-recognition rate (MediaPipe + landmark model, frames/s) on a real clip, through the loop
+of ``python -m evaluate.infer --stream`` (``--live-workers`` MediaPipe graphs on threads).
 
 Times are medians over ``--repeats`` runs after warm-up runs, batch 1, so one slow run
 (another process on the core) does not move the figure.
@@ -180,8 +181,12 @@ def benchmark_onnx(onnx: str | os.PathLike, frames: int = 200, threads: int = 1,
 
 
 def live_fps(clip: str | os.PathLike, model: Any, max_frames: int | None = None, threads: int = 1,
-             stream_cfg: Any = None, extractor: Callable | None = None, loops: int = 1) -> dict[str, Any]:
+             stream_cfg: Any = None, extractor: Callable | Sequence[Callable] | None = None, loops: int = 1,
+             workers: int | None = None) -> dict[str, Any]:
     """Live recognition rate on a real clip: OpenCV decode (prefetched) -> MediaPipe Holistic -> sliding-window model.
+
+    The same loop as ``python -m evaluate.infer --stream``: decoding on one thread, MediaPipe
+    graphs on ``workers`` threads (frames dealt round-robin), the model on the calling thread.
 
     Args:
         clip: a video file, fed frame by frame as a webcam would.
@@ -189,40 +194,43 @@ def live_fps(clip: str | os.PathLike, model: Any, max_frames: int | None = None,
         max_frames: stop after this many frames (None: the whole clip).
         threads: model threads when ``model`` is a path.
         stream_cfg: ``evaluate.infer.StreamConfig`` (default window 128, hop 16).
-        extractor: per-frame landmarks (default MediaPipe Holistic, tracking mode).
+        extractor: per-frame landmarks, or several (one thread each); default MediaPipe Holistic.
         loops: play the clip this many times in a row (short clips: a steadier rate).
+        workers: MediaPipe graphs when ``extractor`` is None (default: CPU cores, at most 2).
 
     Returns:
         ``frames``, ``fps`` (end to end), ``steady_fps`` (after the first frame), ``startup_s``
-        (camera/file open + MediaPipe graph build), ``landmarks_ms_per_frame``, ``model_ms_per_run``,
-        ``runs``, ``other_ms_per_frame`` (waiting for decoded frames, bookkeeping), ``glosses``.
+        (file open + MediaPipe graph build), ``workers``, ``landmarks_ms_per_frame`` (inside
+        MediaPipe, summed over workers), ``wait_ms_per_frame`` (the loop waiting for landmarks),
+        ``model_ms_per_run``, ``runs``, ``other_ms_per_frame`` (bookkeeping), ``glosses``.
     """
     import itertools
-    from evaluate.infer import (StreamConfig, StreamingHolistic, StreamStats, capture_frames, load_recognizer,
-                                prefetch, require_landmark_model, stream_glosses)
+    from evaluate.infer import (HolisticWorkers, StreamConfig, StreamStats, capture_frames, default_workers,
+                                load_recognizer, prefetch, require_landmark_model, stream_glosses)
 
+    if loops < 1:
+        raise ValueError(f"loops must be >= 1, got {loops}")
     rec = load_recognizer(model, threads) if isinstance(model, (str, os.PathLike)) else model
     require_landmark_model(rec)
     stats = StreamStats()
-    own = extractor is None
-    ext = StreamingHolistic() if own else extractor
+    own = HolisticWorkers(default_workers() if workers is None else workers) if extractor is None else None
+    played = itertools.chain.from_iterable(capture_frames(clip) for _ in range(loops))
+    frames = prefetch(itertools.islice(played, max_frames))  # decoding overlaps MediaPipe, as in evaluate.infer
+    updates = stream_glosses(frames, own.extractors if own else extractor, rec, stream_cfg or StreamConfig(), stats)
+    last = None
     try:
-        last = None
-        if loops < 1:
-            raise ValueError(f"loops must be >= 1, got {loops}")
-        played = itertools.chain.from_iterable(capture_frames(clip) for _ in range(loops))
-        frames = prefetch(itertools.islice(played, max_frames))  # decoding overlaps MediaPipe, as in evaluate.infer
-        for last in stream_glosses(frames, ext, rec, stream_cfg or StreamConfig(), stats):
+        for last in updates:
             pass
     finally:
+        updates.close()  # joins the landmark threads before the graphs close
         if own:
-            ext.close()
+            own.close()
     n = max(stats.frames, 1)
     return {"clip": str(clip), "frames": stats.frames, "fps": stats.fps, "steady_fps": stats.steady_fps,
-            "startup_s": stats.startup_s,
-            "landmarks_ms_per_frame": 1000 * stats.extract_s / n,
+            "startup_s": stats.startup_s, "workers": stats.workers,
+            "landmarks_ms_per_frame": 1000 * stats.extract_s / n, "wait_ms_per_frame": 1000 * stats.wait_s / n,
             "model_ms_per_run": 1000 * stats.model_s / max(stats.runs, 1), "runs": stats.runs,
-            "other_ms_per_frame": 1000 * max(stats.wall_s - stats.extract_s - stats.model_s, 0.0) / n,
+            "other_ms_per_frame": 1000 * max(stats.wall_s - stats.wait_s - stats.model_s, 0.0) / n,
             "glosses": last.committed if last else []}
 
 
@@ -269,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure live fps (MediaPipe + landmark model) on CLIP (default: the shared clip)")
     parser.add_argument("--live-frames", type=int, default=None, help="stop the live measurement after N frames")
     parser.add_argument("--live-loops", type=int, default=3, help="play the live clip this many times (default 3)")
+    parser.add_argument("--live-workers", type=int, default=None,
+                        help="MediaPipe graphs on parallel threads for --live (default: CPU cores, at most 2)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     import torch
@@ -292,12 +302,14 @@ def main(argv: list[str] | None = None) -> int:
             if clip is None:
                 raise FileNotFoundError(f"no live clip: {DEFAULT_CLIP} not found under ../shared; pass --live CLIP")
             model = args.int8 or args.onnx or args.ckpt[0]
-            live = live_fps(clip, model, args.live_frames, args.threads, loops=args.live_loops)
+            live = live_fps(clip, model, args.live_frames, args.threads, loops=args.live_loops,
+                            workers=args.live_workers)
             result["live"] = live
             print(f"\nlive ({Path(clip).name}, {live['frames']} frames): {live['steady_fps']:.1f} frames/s "
                   f"sustained, {live['fps']:.1f} with the {live['startup_s']:.2f} s start-up | "
-                  f"MediaPipe {live['landmarks_ms_per_frame']:.1f} ms/frame | model {live['model_ms_per_run']:.2f} "
-                  f"ms/run x {live['runs']} | decode+other {live['other_ms_per_frame']:.1f} ms/frame")
+                  f"MediaPipe {live['landmarks_ms_per_frame']:.1f} ms/frame on {live['workers']} thread(s), "
+                  f"waited {live['wait_ms_per_frame']:.1f} ms/frame | model {live['model_ms_per_run']:.2f} "
+                  f"ms/run x {live['runs']} | other {live['other_ms_per_frame']:.1f} ms/frame")
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

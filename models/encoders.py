@@ -179,6 +179,100 @@ class RGBEncoder(nn.Module):
         return per_valid_frame(lambda x: self.cnn((x - self.mean) / self.std), rgb, lengths)
 
 
+def keypoint_gather(indices: Tensor | list[int], holistic: bool) -> tuple[Tensor, tuple[int, int] | None]:
+    """The points a landmark model reads: ``indices``, then any normalisation anchor not among them.
+
+    Models gather these once, first, so per-point work (NaN checks, masking, normalisation)
+    touches ~92 points instead of all 543. For holistic layouts the anchors are the shoulders,
+    which set the body frame whether or not the subset contains them.
+
+    Args:
+        indices: [K'] subset of the cached layout's points.
+        holistic: True when the layout is MediaPipe Holistic's 543 points.
+
+    Returns:
+        (gather long [P], anchors): P = K' plus the shoulders the subset lacks; anchors are the
+        positions of the left and right shoulder in ``gather`` (None for other layouts).
+    """
+    idx = [int(i) for i in torch.as_tensor(indices, dtype=torch.long).reshape(-1)]
+    if not holistic:
+        return torch.tensor(idx, dtype=torch.long), None
+    extra = [a for a in (LEFT_SHOULDER, RIGHT_SHOULDER) if a not in idx]
+    gather = idx + extra
+    return torch.tensor(gather, dtype=torch.long), (gather.index(LEFT_SHOULDER), gather.index(RIGHT_SHOULDER))
+
+
+def take_points(x: Tensor, gather: Tensor, prefix: int | None) -> Tensor:
+    """``x[:, :, gather]`` for [B, T, K, ...] inputs: a slice when ``gather`` is 0..P-1 (``prefix`` = P;
+    every point of a layout, no copy), else one ``index_select``."""
+    return x[:, :, :prefix] if prefix is not None else x.index_select(2, gather)
+
+
+def gather_prefix(gather: Tensor) -> int | None:
+    """P when ``gather`` is exactly 0..P-1 (see ``take_points``), else None."""
+    n = gather.numel()
+    return n if torch.equal(gather, torch.arange(n, dtype=gather.dtype)) else None
+
+
+def normalise_gathered(pts: Tensor, mask: Tensor, num_selected: int, anchors: tuple[int, int] | None,
+                       eps: float = 1e-3) -> Tensor:
+    """``normalise_keypoints`` on points gathered by ``keypoint_gather``, coordinate-major.
+
+    Works on a [B, T, 3, P] view so that every per-frame broadcast (centre, scale, mask) runs
+    over P contiguous points: onnxruntime is several times slower on broadcasts whose inner
+    span is 2 or 3 coordinates. The arithmetic per element is that of the point-major form.
+
+    Args:
+        pts: [B, T, P, 3] raw coordinates of the gathered points (NaN allowed where masked).
+        mask: [B, T, P] True where the point was detected.
+        num_selected: K', the first K' gathered points are the subset returned.
+        anchors: positions of the left and right shoulder among the P points (holistic), or None.
+
+    Returns:
+        [B, T, 3, K'] normalised (x, y, z) rows, zero where masked.
+    """
+    c = pts.transpose(2, 3)  # [B, T, P, 3] -> [B, T, 3, P]
+    mk = mask.unsqueeze(2)  # [B, T, 1, P]
+    full = torch.where(mk, c, torch.zeros_like(c))  # NaN-safe zeroing of missing points
+    if num_selected < full.shape[-1]:
+        sel, mk = full[..., :num_selected], mk[..., :num_selected]  # [B, T, 3, K'], [B, T, 1, K']
+    else:
+        sel = full
+    m = mk.to(sel.dtype)  # [B, T, 1, K']
+    xy = sel[:, :, :2]  # [B, T, 2, K']
+    count = m.sum(dim=3, keepdim=True)  # [B, T, 1, 1]
+    centre = (xy * m).sum(dim=3, keepdim=True) / count.clamp(min=1)  # [B, T, 2, 1]
+    var = (((xy - centre) ** 2) * m).sum(dim=(2, 3), keepdim=True) / (2 * count).clamp(min=1)  # [B, T, 1, 1]
+    scale = var.sqrt().clamp(min=eps)
+    if anchors is not None:
+        ls, rs = full[:, :, :2, anchors[0]], full[:, :, :2, anchors[1]]  # [B, T, 2] shoulders
+        width = (ls - rs).norm(dim=-1)  # [B, T]
+        ok = mask[:, :, anchors[0]] & mask[:, :, anchors[1]] & (width > eps)  # [B, T]
+        ok = ok[:, :, None, None]  # [B, T, 1, 1]
+        centre = torch.where(ok, ((ls + rs) / 2)[:, :, :, None], centre)  # [B, T, 2, 1]
+        scale = torch.where(ok, width[:, :, None, None].clamp(min=eps), scale)
+    out = torch.cat([(xy - centre) / scale, sel[:, :, 2:] / scale], dim=2)  # [B, T, 3, K']
+    return out.clamp(-10.0, 10.0) * m
+
+
+def keypoint_features(pts: Tensor, mask: Tensor, num_selected: int, anchors: tuple[int, int] | None) -> Tensor:
+    """Per-frame input vectors of landmark models: normalised (x, y, z, mask) of each subset point.
+
+    Args:
+        pts: [B, T, P, 3] float, gathered by ``keypoint_gather``.
+        mask: [B, T, P] bool.
+        num_selected, anchors: as returned with the gather (see ``normalise_gathered``).
+
+    Returns:
+        [B, T, K' * 4], point-major: (x, y, z, mask) of point 0, then of point 1, ...
+    """
+    b, t = pts.shape[:2]
+    rows = normalise_gathered(pts, mask, num_selected, anchors)  # [B, T, 3, K']
+    m = mask[:, :, None, :num_selected].to(rows.dtype)  # [B, T, 1, K']
+    x = torch.cat([rows, m], dim=2)  # [B, T, 4, K']
+    return x.transpose(2, 3).reshape(b, t, -1)  # [B, T, K', 4] -> [B, T, K' * 4]
+
+
 def normalise_keypoints(kp: Tensor, mask: Tensor, indices: Tensor, holistic: bool, eps: float = 1e-3) -> Tensor:
     """Select a subset of points and make it translation- and scale-invariant per frame.
 
@@ -186,7 +280,8 @@ def normalise_keypoints(kp: Tensor, mask: Tensor, indices: Tensor, holistic: boo
     both shoulders are visible (a body-relative frame that stays put while the hands move,
     whether or not the subset contains the shoulders); other frames and other layouts: centre
     on the subset's visible points' mean and divide by their std. z is scaled by the same
-    factor. Coordinates of masked points never enter and come out as 0.
+    factor. Coordinates of masked points never enter and come out as 0. Only the subset and
+    the shoulders are read (``keypoint_gather``; models compute that gather once).
 
     Args:
         kp: [B, T, K, 3] raw coordinates (x, y in [0, 1] of the frame, z).
@@ -197,24 +292,10 @@ def normalise_keypoints(kp: Tensor, mask: Tensor, indices: Tensor, holistic: boo
     Returns:
         [B, T, K', 3] normalised coordinates, zero where masked.
     """
-    full = torch.where(mask.unsqueeze(-1), kp, torch.zeros_like(kp))  # NaN-safe zeroing of missing points
-    pts = full.index_select(2, indices)  # [B, T, K', 3]
-    sub = mask.index_select(2, indices)  # [B, T, K']
-    m = sub.unsqueeze(-1).to(pts.dtype)  # [B, T, K', 1]
-    xy = pts[..., :2]  # [B, T, K', 2]
-    count = m.sum(dim=2, keepdim=True)  # [B, T, 1, 1]
-    centre = (xy * m).sum(dim=2, keepdim=True) / count.clamp(min=1)  # [B, T, 1, 2]
-    var = (((xy - centre) ** 2) * m).sum(dim=(2, 3), keepdim=True) / (2 * count).clamp(min=1)  # [B, T, 1, 1]
-    scale = var.sqrt().clamp(min=eps)
-    if holistic:
-        ls, rs = full[:, :, LEFT_SHOULDER, :2], full[:, :, RIGHT_SHOULDER, :2]  # [B, T, 2]
-        width = (ls - rs).norm(dim=-1)  # [B, T]
-        ok = mask[:, :, LEFT_SHOULDER] & mask[:, :, RIGHT_SHOULDER] & (width > eps)  # [B, T]
-        ok = ok[:, :, None, None]  # [B, T, 1, 1]
-        centre = torch.where(ok, ((ls + rs) / 2)[:, :, None, :], centre)
-        scale = torch.where(ok, width[:, :, None, None].clamp(min=eps), scale)
-    out = torch.cat([(xy - centre) / scale, pts[..., 2:] / scale], dim=-1)  # [B, T, K', 3]
-    return out.clamp(-10.0, 10.0) * m
+    gather, anchors = keypoint_gather(indices, holistic)
+    gather = gather.to(kp.device)
+    rows = normalise_gathered(kp.index_select(2, gather), mask.index_select(2, gather), len(indices), anchors, eps)
+    return rows.transpose(2, 3)  # [B, T, 3, K'] -> [B, T, K', 3]
 
 
 class KeypointEncoder(nn.Module):
@@ -222,6 +303,7 @@ class KeypointEncoder(nn.Module):
 
     The subset (e.g. ``mediapipe_92``) is chosen by ``indices`` into the cached layout, so one
     cache serves every landmark model; normalisation may use points outside it (shoulders).
+    Only the subset and the shoulders are gathered (then cast to float32), never all K points.
     """
 
     def __init__(self, indices: Tensor | list[int], layout: str, out_dim: int = 256, dropout: float = 0.0) -> None:
@@ -229,6 +311,10 @@ class KeypointEncoder(nn.Module):
         idx = torch.as_tensor(indices, dtype=torch.long)
         self.register_buffer("indices", idx, persistent=False)
         self.holistic = layout == HOLISTIC_543
+        gather, self.anchors = keypoint_gather(idx, self.holistic)
+        self.register_buffer("gather", gather, persistent=False)  # subset + shoulders: all forward reads
+        self.prefix = gather_prefix(gather)
+        self.num_selected = idx.numel()
         in_dim = idx.numel() * 4
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, out_dim),
@@ -251,9 +337,9 @@ class KeypointEncoder(nn.Module):
             [B, T, out_dim], zero on padded frames.
         """
         b, t = keypoints.shape[:2]
-        pts = normalise_keypoints(keypoints.float(), mask, self.indices, self.holistic)  # [B, T, K', 3]
-        sub_mask = mask.index_select(2, self.indices).unsqueeze(-1).to(pts.dtype)  # [B, T, K', 1]
-        x = torch.cat([pts, sub_mask], dim=-1).reshape(b, t, -1)  # [B, T, K' * 4]
+        kp = take_points(keypoints, self.gather, self.prefix).float()  # [B, T, P, 3], P = K' (+ shoulders)
+        m = take_points(mask, self.gather, self.prefix)  # [B, T, P]
+        x = keypoint_features(kp, m, self.num_selected, self.anchors)  # [B, T, K' * 4]
         y = self.mlp(x)  # [B, T, out_dim]
         return y * length_mask(lengths, t).unsqueeze(-1).to(y.dtype)
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from models.base import InputSpec, ModelOutput
-from models.encoders import RGBEncoder, normalise_keypoints
+from models.encoders import RGBEncoder, gather_prefix, keypoint_features, keypoint_gather, take_points
 from models.lrinet import LRINet, LRINetConfig
 from models.temporal import BiLSTM, TemporalConv, length_mask, pad_min_time
 from preprocess.layouts import HOLISTIC_543, SUBSETS, mirror_permutation, subset_indices
@@ -138,6 +138,11 @@ class LandmarkStudent(nn.Module):
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         self.register_buffer("indices", idx, persistent=False)
         self.holistic = layout == HOLISTIC_543
+        # the subset plus any shoulder it lacks (normalisation anchors): the only points forward reads
+        gather, self.anchors = keypoint_gather(idx, self.holistic)
+        self.register_buffer("gather", gather, persistent=False)
+        self.prefix = gather_prefix(gather)  # "all" points: a slice instead of a gather
+        self.num_selected = idx.numel()
         self.embed = nn.Sequential(nn.Linear(idx.numel() * 4, cfg.dim), nn.LayerNorm(cfg.dim), nn.ReLU(inplace=True))
         self.dropout = nn.Dropout(cfg.dropout)
         self.conv = TemporalConv(cfg.dim, cfg.dim, cfg.kernel_size)
@@ -156,16 +161,18 @@ class LandmarkStudent(nn.Module):
             ModelOutput: logits "main" (transformer) and "conv_main" (conv block) [B, T // 4, V];
             features "frame" [B, T, D], "temporal" and "context" [B, T // 4, D].
         """
-        kp = inputs["keypoints"].float()
+        # Gather the read points first: every per-point op below touches P (~92) points, not K (543).
+        kp = take_points(inputs["keypoints"], self.gather, self.prefix).float()  # [B, T, P, 3]
         t_in = kp.shape[1]
-        finite = torch.isfinite(kp).all(dim=-1)  # [B, T, K]
-        mask = inputs["keypoints_mask"].bool() & finite if "keypoints_mask" in inputs else finite
+        finite = torch.isfinite(kp).all(dim=-1)  # [B, T, P]
+        if "keypoints_mask" in inputs:
+            mask = take_points(inputs["keypoints_mask"], self.gather, self.prefix).bool() & finite  # [B, T, P]
+        else:
+            mask = finite
         kp, mask = pad_min_time(kp), pad_min_time(mask)
-        b, t = kp.shape[:2]
-        pts = normalise_keypoints(kp, mask, self.indices, self.holistic)  # [B, T, K', 3]
-        sub_mask = mask.index_select(2, self.indices).unsqueeze(-1).to(pts.dtype)  # [B, T, K', 1]
-        x = torch.cat([pts, sub_mask], dim=-1).reshape(b, t, -1)  # [B, T, K' * 4]
-        frame = self.embed(x) * length_mask(lengths, t).unsqueeze(-1).to(pts.dtype)  # [B, T, D]
+        t = kp.shape[1]
+        x = keypoint_features(kp, mask, self.num_selected, self.anchors)  # [B, T, K' * 4]
+        frame = self.embed(x) * length_mask(lengths, t).unsqueeze(-1).to(x.dtype)  # [B, T, D]
 
         temporal, out_lengths = self.conv(self.dropout(frame), lengths)  # [B, T', D]
         valid = length_mask(out_lengths, temporal.shape[1])  # [B, T']

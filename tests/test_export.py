@@ -60,6 +60,26 @@ def test_names_checker_and_metadata_round_trip(exported):
     assert not model.training  # export leaves the model in its mode
 
 
+def test_landmark_inputs_are_gathered_before_any_per_point_work(exported):
+    """The graph takes the points it reads (subset + shoulders) straight from the 543-point inputs:
+    per-point ops over all 543 points cost more than the rest of a student (DESIGN 9: <= 5 ms/clip).
+    The student reads mediapipe_92 (one Gather per input); the teacher reads every point (a Slice)."""
+    kind, model, _, path = exported
+    proto = onnx.load(str(path))
+    consumers = [n for n in proto.graph.node  # Shape reads no values
+                 if {"keypoints", "keypoints_mask"} & set(n.input) and n.op_type != "Shape"]
+    if kind == "teacher":
+        assert [n.op_type for n in consumers] == ["Slice", "Slice"], [n.op_type for n in consumers]
+        return
+    assert [n.op_type for n in consumers] == ["Gather", "Gather"], [n.op_type for n in consumers]
+    consts = {init.name: onnx.numpy_helper.to_array(init) for init in proto.graph.initializer}
+    for n in proto.graph.node:
+        if n.op_type == "Constant":
+            consts[n.output[0]] = onnx.numpy_helper.to_array(n.attribute[0].t)
+    read = {tuple(consts[n.input[1]].tolist()) for n in consumers}
+    assert read == {tuple(model.gather.tolist())} and len(model.gather) == 92  # the shoulders are in the subset
+
+
 @pytest.mark.parametrize("lengths", [(37, 21, 50), (9,)])
 def test_onnxruntime_matches_torch(exported, lengths):
     _, model, cfg, path = exported

@@ -171,16 +171,83 @@ def test_rgb_model_offline_preprocessing(shared_dir, rgb_onnx):
     assert all(g in VOCAB[1:] for g in res.glosses)
 
 
-def test_streaming_holistic_on_real_frames(shared_dir):
+def test_live_holistic_workers_on_real_frames(shared_dir):
+    """Two MediaPipe graphs taking alternate frames (the live path) find what one graph finds."""
     pytest.importorskip("mediapipe")
+    from preprocess.landmarks import POSE, HolisticExtractor
+
     clip = shared_dir / "clips" / "wlasl_68011_book.mp4"
-    with I.StreamingHolistic() as holistic:
-        out = [holistic(f) for f in I.capture_frames(clip, max_frames=6)]
-    assert len(out) == 6
-    kp, mask = out[-1]
-    assert kp.shape == (543, 3) and kp.dtype == np.float32 and mask.shape == (543,)
-    assert any(m[:33].all() for _, m in out)  # the signer's pose is found
+    frames = list(I.capture_frames(clip, max_frames=8))
+    with I.HolisticWorkers(2) as workers:
+        out = list(I.extract_landmarks(iter(frames), workers.extractors))
+    with HolisticExtractor() as holistic:
+        ref_kp, ref_mask = holistic(np.stack(frames), "book")
+    kp, mask = np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
+    assert kp.shape == (8, 543, 3) and kp.dtype == np.float32 and mask.shape == (8, 543) and mask.dtype == bool
     assert np.all(kp[~mask] == 0.0)
+    np.testing.assert_array_equal(mask[:, :501], ref_mask[:, :501])  # pose and face on every frame, as serially
+    upper = slice(POSE[0], POSE[0] + 17)  # face and arms; MediaPipe guesses legs that are off-frame
+    assert np.abs(kp[:, upper, :2] - ref_kp[:, upper, :2]).mean() < 0.01  # same landmarks up to tracking jitter
+
+
+class Recorder:
+    """A fake per-frame extractor that records which frames it saw and on which thread."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.seen: list[int] = []
+        self.threads: set[int] = set()
+        self.fail_at = fail_at
+
+    def __call__(self, i: int):
+        import threading
+
+        self.threads.add(threading.get_ident())
+        if i == self.fail_at:
+            raise ValueError(f"frame {i}: extractor failed")
+        self.seen.append(i)
+        kp = np.full((543, 3), float(i), dtype=np.float32)
+        return kp, np.ones(543, dtype=bool)
+
+
+@pytest.mark.parametrize("workers,ahead", [(1, 0), (3, 1), (2, 4)])
+def test_extract_landmarks_deals_frames_round_robin_and_keeps_order(workers, ahead):
+    recs = [Recorder() for _ in range(workers)]
+    stats = I.StreamStats()
+    out = list(I.extract_landmarks(iter(range(23)), recs, ahead=ahead, stats=stats))
+    assert [int(kp[0, 0]) for kp, _ in out] == list(range(23))
+    for k, r in enumerate(recs):  # each extractor sees every workers-th frame, in order, on one thread
+        assert r.seen == list(range(k, 23, workers)) and len(r.threads) == 1
+    assert stats.extract_s > 0 and stats.wait_s >= 0
+
+
+def test_extract_landmarks_reraises_in_order_and_stops_workers():
+    recs = [Recorder(), Recorder(fail_at=5)]
+    got = []
+    with pytest.raises(ValueError, match="frame 5: extractor failed"):
+        for kp, _ in I.extract_landmarks(iter(range(40)), recs):
+            got.append(int(kp[0, 0]))
+    assert got == [0, 1, 2, 3, 4]  # frames before the failure arrive, nothing after it
+    assert max(recs[0].seen) < 12  # at most workers * (1 + ahead) frames were in flight
+    pair = [Recorder(), Recorder()]
+    early = I.extract_landmarks(iter(range(1000)), pair)
+    next(early)
+    early.close()  # an abandoned stream joins its threads instead of extracting the remaining frames
+    assert sum(len(r.seen) for r in pair) <= 5
+    with pytest.raises(ValueError, match="at least one extractor"):
+        next(I.extract_landmarks(iter(range(3)), []))
+    with pytest.raises(ValueError, match="ahead must be >= 0"):
+        next(I.extract_landmarks(iter(range(3)), [Recorder()], ahead=-1))
+
+
+def test_stream_with_several_extractors_equals_one(student_onnx):
+    kp, mask = landmarks(70, seed=9)
+    rec = I.OnnxRecognizer(student_onnx)
+    cfg = I.StreamConfig(32, 8, 8)
+    one = list(I.stream_glosses(range(70), table_extractor(kp, mask), rec, cfg))
+    stats = I.StreamStats()
+    three = list(I.stream_glosses(range(70), [table_extractor(kp, mask)] * 3, rec, cfg, stats))
+    assert [(u.frame, u.committed, u.tentative) for u in three] == [(u.frame, u.committed, u.tentative) for u in one]
+    assert stats.workers == 3 and stats.frames == 70 and "on 3 thread(s)" in I.fps_report(stats)
 
 
 def test_wrong_models_are_refused_in_one_line(rgb_onnx, student_onnx, tmp_path, capsys):
@@ -189,6 +256,9 @@ def test_wrong_models_are_refused_in_one_line(rgb_onnx, student_onnx, tmp_path, 
         I.LandmarkStream(rgb)
     assert I.main(["--model", str(rgb_onnx), "--webcam", "0"]) == 2  # refused before any camera is opened
     assert "not keypoints" in capsys.readouterr().err
+    assert I.main(["--model", str(student_onnx), "--webcam", "0", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--workers must be >= 1, got 0" in err and err.count("\n") == 1
 
     custom = FakeRec()
     custom.spec = InputSpec(num_keypoints=17, keypoint_layout="custom_17")
@@ -274,8 +344,9 @@ def test_live_fps_on_a_clip_with_a_fake_extractor(shared_dir, student_onnx):
     kp, mask = landmarks(1)
     res = S.live_fps(clip, student_onnx, max_frames=70, stream_cfg=I.StreamConfig(32, 8, 8),
                      extractor=lambda frame: (kp[0], mask[0]), loops=2)  # the clip has 55 frames
-    assert res["frames"] == 70 and res["runs"] == 9
+    assert res["frames"] == 70 and res["runs"] == 9 and res["workers"] == 1
     assert res["fps"] > 0 and res["steady_fps"] > 0 and res["model_ms_per_run"] > 0
+    assert res["landmarks_ms_per_frame"] >= 0 and res["wait_ms_per_frame"] >= 0 and res["other_ms_per_frame"] >= 0
 
 
 def test_prefetch_keeps_order_and_reraises():

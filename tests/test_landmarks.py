@@ -80,6 +80,24 @@ def test_no_tracking_leak_between_videos(extracted):
     np.testing.assert_allclose(again[0], kp[:10], atol=1e-5)
 
 
+def test_frame_by_frame_equals_whole_video(shared_dir, extracted):
+    """``process_frame`` (the live path) is the same extraction as ``__call__``; ``reset`` starts afresh."""
+    frames = read_frames(shared_dir / "clips" / "wlasl_68011_book.mp4", max_frames=8)[0]
+    whole_kp, whole_mask = extracted[0]["wlasl_68011_book"]
+    with HolisticExtractor() as extractor:
+        for _ in range(2):  # the second pass only matches if reset() dropped the first pass's tracking
+            extractor.reset()
+            out = [extractor.process_frame(f) for f in frames]
+            kp, mask = np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
+            np.testing.assert_array_equal(mask, whole_mask[:8])
+            np.testing.assert_allclose(kp, whole_kp[:8], atol=1e-6)
+        assert out[0][0].shape == (NUM_POINTS, 3) and out[0][0].dtype == np.float32 and out[0][1].dtype == bool
+        with pytest.raises(ValueError, match="frame must be uint8 RGB"):
+            extractor.process_frame(frames)  # a whole video is not a frame
+        with pytest.raises(ValueError, match="step must be >= 1"):
+            extractor.process_frame(frames[0], step=0)
+
+
 def test_blank_video_raises_no_person():
     with HolisticExtractor() as extractor, pytest.raises(NoPersonError, match="^blank.mp4: no person detected"):
         extractor(np.zeros((4, 120, 160, 3), np.uint8), "blank.mp4")

@@ -186,6 +186,79 @@ def test_keypoint_normalisation_values():
     torch.testing.assert_close(normalise_keypoints(moved, mask, idx, True), out, atol=1e-4, rtol=1e-4)
 
 
+def reference_normalise(kp, mask, indices, holistic, eps=1e-3):
+    """The original full-layout normalisation (every point masked first, then the subset taken):
+    the gathered implementation must reproduce it exactly."""
+    full = torch.where(mask.unsqueeze(-1), kp, torch.zeros_like(kp))
+    pts, m = full.index_select(2, indices), mask.index_select(2, indices).unsqueeze(-1).to(kp.dtype)
+    xy = pts[..., :2]
+    count = m.sum(dim=2, keepdim=True)
+    centre = (xy * m).sum(dim=2, keepdim=True) / count.clamp(min=1)
+    var = (((xy - centre) ** 2) * m).sum(dim=(2, 3), keepdim=True) / (2 * count).clamp(min=1)
+    scale = var.sqrt().clamp(min=eps)
+    if holistic:
+        ls, rs = full[:, :, 11, :2], full[:, :, 12, :2]
+        width = (ls - rs).norm(dim=-1)
+        ok = (mask[:, :, 11] & mask[:, :, 12] & (width > eps))[:, :, None, None]
+        centre = torch.where(ok, ((ls + rs) / 2)[:, :, None, :], centre)
+        scale = torch.where(ok, width[:, :, None, None].clamp(min=eps), scale)
+    out = torch.cat([(xy - centre) / scale, pts[..., 2:] / scale], dim=-1)
+    return out.clamp(-10.0, 10.0) * m
+
+
+def awkward_keypoints(k: int = 543, t: int = 23, seed: int = 0):
+    """Random landmarks with NaN where masked, frames without a shoulder, coincident shoulders, empty frames."""
+    g = torch.Generator().manual_seed(seed)
+    kp = torch.rand(2, t, k, 3, generator=g) * 1.2 - 0.1
+    mask = torch.rand(2, t, k, generator=g) > 0.2
+    if k == 543:
+        mask[:, ::3, 11] = False  # no left shoulder: subset statistics
+        mask[:, 1::3, 11:13] = True
+        kp[0, 1, 12] = kp[0, 1, 11]  # zero shoulder width: subset statistics too
+    mask[1, 4] = False  # nothing detected
+    kp[~mask] = float("nan")
+    return kp, mask
+
+
+HANDS = list(range(501, 543))  # a subset without the shoulders: they are gathered as extra anchors
+
+
+@pytest.mark.parametrize("subset", ["mediapipe_92", "mediapipe_hands_pose", "hands", "all"])
+@pytest.mark.parametrize("holistic", [True, False])
+def test_gathered_normalisation_equals_full_layout_reference(subset, holistic):
+    kp, mask = awkward_keypoints()
+    idx = torch.tensor(HANDS if subset == "hands" else SUBSETS.get(subset, SUBSETS[HOLISTIC_543]).indices)
+    got = normalise_keypoints(kp, mask, idx, holistic)
+    want = reference_normalise(kp, mask, idx, holistic)
+    assert got.shape == (2, 23, len(idx), 3) and torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def test_keypoint_gather_adds_only_missing_anchors():
+    idx92 = list(SUBSETS["mediapipe_92"].indices)
+    gather, anchors = encoders.keypoint_gather(idx92, holistic=True)
+    assert gather.tolist() == idx92 and anchors == (idx92.index(11), idx92.index(12))  # shoulders already in it
+    gather, anchors = encoders.keypoint_gather(HANDS, holistic=True)
+    assert gather.tolist() == HANDS + [11, 12] and anchors == (42, 43)
+    gather, anchors = encoders.keypoint_gather([3, 1], holistic=False)
+    assert gather.tolist() == [3, 1] and anchors is None
+
+
+@pytest.mark.parametrize("spec,subset", [(SPEC, "mediapipe_92"), (SPEC, "all"), (CUSTOM_SPEC, "all")])
+def test_keypoint_encoder_equals_full_layout_reference(spec, subset):
+    torch.manual_seed(0)
+    cfg = ModelConfig(streams=("keypoints",), keypoint_subset=subset, keypoint_dim=8, hidden=8)
+    enc = build_model(cfg, V, spec).eval().branches["keypoints"].encoder
+    kp, mask = awkward_keypoints(spec.num_keypoints)
+    lengths = torch.tensor([23, 15])
+    with torch.no_grad():
+        for x in (kp, kp.half()):  # float16 caches are gathered, then cast
+            pts = reference_normalise(x.float(), mask, enc.indices, spec.num_keypoints == 543)
+            sub = mask.index_select(2, enc.indices).unsqueeze(-1).float()
+            want = enc.mlp(torch.cat([pts, sub], -1).flatten(2)) * (torch.arange(23) < lengths[:, None])[..., None]
+            torch.testing.assert_close(enc(x, mask, lengths), want, atol=1e-6, rtol=0)
+
+
 BAD_CONFIGS = [
     (dict(streams=()), "streams is empty"),
     (dict(streams=("depth",)), "'depth'"),

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from models.base import InputSpec, out_length
+from models.encoders import normalise_keypoints
 from models.flops import count_macs, count_params, lrinet_card, main as flops_main
 from models.lrinet import LRINet, LRINetConfig, first_kernel, tscm
 from models.students import (
@@ -135,6 +136,37 @@ def test_landmark_student_shapes_size_and_padding_invariance() -> None:
     for level in ("main", "conv_main"):
         torch.testing.assert_close(batch.logits[level][0, :5], alone.logits[level][0], rtol=1e-4, atol=1e-5)
     assert torch.isfinite(batch.main).all()
+
+
+@pytest.mark.parametrize("subset", ["mediapipe_92", "all"])
+def test_landmark_student_reads_only_its_points_and_matches_the_full_layout_path(subset: str) -> None:
+    """Gathering the subset (+ shoulders) before the NaN check and normalisation changes nothing:
+    frame features equal the full-layout computation (finite check and mask over all 543 points,
+    then ``normalise_keypoints``), with and without a mask, and for a clip shorter than 4 frames."""
+    torch.manual_seed(0)
+    model = build_student(StudentConfig(keypoint_subset=subset, dim=32, layers=1, heads=2, ff_dim=64), 11, HOLISTIC).eval()
+    for t, with_mask in ((21, True), (21, False), (3, True)):
+        kp, mask = _keypoints(t, b=2, seed=t)
+        kp[0, :, 12, 1] = float("inf")  # a right shoulder that is not finite: subset statistics on every frame
+        inputs = {"keypoints": kp, "keypoints_mask": mask} if with_mask else {"keypoints": kp}
+        lengths = torch.tensor([t, max(1, t - 5)])
+        finite = torch.isfinite(kp).all(-1)  # over all 543 points, as before the gather
+        full_mask = mask & finite if with_mask else finite
+        pts = normalise_keypoints(kp, full_mask, model.indices, holistic=True)  # [B, T, K', 3]
+        x = torch.cat([pts, full_mask.index_select(2, model.indices).unsqueeze(-1).float()], -1).flatten(2)
+        with torch.no_grad():
+            want = model.embed(x) * (torch.arange(t) < lengths[:, None]).unsqueeze(-1)
+            got = model(inputs, lengths).features["frame"]
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    outside = sorted(set(range(543)) - set(model.gather.tolist()))
+    if outside:  # NaN, inf or garbage anywhere else is never read
+        kp, mask = _keypoints(9, seed=4)
+        junk = kp.clone()
+        junk[:, :, outside] = float("inf")
+        with torch.no_grad():
+            a = model({"keypoints": kp, "keypoints_mask": mask}, torch.tensor([9])).main
+            b = model({"keypoints": junk, "keypoints_mask": mask}, torch.tensor([9])).main
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
 def test_landmark_student_any_k_and_onnx_at_two_lengths() -> None:
