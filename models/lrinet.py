@@ -69,9 +69,12 @@ class LRINetConfig:
     shift_div: int = 8  # TSCM moves 1/shift_div of the channels from each neighbour
     grad_stop_p: float = 0.0  # CRKD stochastic gradient stopping: per-frame probability (training only)
     dropout: float = 0.0  # dropout before the classifier
+    width: float = 1.0  # multiplies every channel width above (CPU-sized variants); 1.0 is the paper's card
 
     def __post_init__(self) -> None:
         first_kernel(self.input_size)  # raises ValueError for an unsupported size
+        if not 0.0 < self.width <= 4.0:
+            raise ValueError(f"LRINet width must be in (0, 4], got {self.width}")
         for name in ("first_mid", "frame_width", "feature_dim", "expand_mid", "temporal_mid", "stem_repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LRINet {name} must be >= 1, got {getattr(self, name)}")
@@ -79,12 +82,16 @@ class LRINetConfig:
             raise ValueError(f"LRINet stem_channels must be three positive widths, got {self.stem_channels}")
         if self.frame_blocks < 0:
             raise ValueError(f"LRINet frame_blocks must be >= 0, got {self.frame_blocks}")
-        if self.shift_div < 2 or self.temporal_mid < self.shift_div:
-            raise ValueError(f"LRINet shift_div must be in [2, temporal_mid], got {self.shift_div}")
+        if self.shift_div < 2 or self.ch(self.temporal_mid) < self.shift_div:
+            raise ValueError(f"LRINet shift_div must be in [2, temporal_mid * width], got {self.shift_div}")
         if not 0.0 <= self.grad_stop_p < 1.0:
             raise ValueError(f"LRINet grad_stop_p must be in [0, 1), got {self.grad_stop_p}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LRINet dropout must be in [0, 1), got {self.dropout}")
+
+    def ch(self, channels: int) -> int:
+        """A configured channel width scaled by ``width`` (at least 1)."""
+        return max(1, int(round(channels * self.width)))
 
 
 def _conv_bn(c_in: int, c_out: int, kernel: int | tuple[int, int], padding: int | tuple[int, int] = 0) -> list[nn.Module]:
@@ -134,18 +141,19 @@ class FrameExtractor(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 3
-        for c in cfg.stem_channels:
+        for c in map(cfg.ch, cfg.stem_channels):
             for _ in range(cfg.stem_repeats):
                 layers.append(SplitConv(c_in, c))
                 c_in = c
             layers.append(nn.MaxPool2d(2))
         k = first_kernel(cfg.input_size)
-        layers.append(Bottleneck(c_in, cfg.first_mid, cfg.frame_width, kernel=k, shrink=True))
+        width, feature_dim = cfg.ch(cfg.frame_width), cfg.ch(cfg.feature_dim)
+        layers.append(Bottleneck(c_in, cfg.ch(cfg.first_mid), width, kernel=k, shrink=True))
         for _ in range(cfg.frame_blocks):
-            layers.append(Bottleneck(cfg.frame_width, cfg.frame_width // 4, cfg.frame_width))
-        layers.append(Bottleneck(cfg.frame_width, cfg.expand_mid, cfg.feature_dim))
+            layers.append(Bottleneck(width, max(1, width // 4), width))
+        layers.append(Bottleneck(width, cfg.ch(cfg.expand_mid), feature_dim))
         self.net = nn.Sequential(*layers)
-        self.out_dim = cfg.feature_dim
+        self.out_dim = feature_dim
 
     def forward(self, x: Tensor) -> Tensor:
         """Args:
@@ -257,8 +265,8 @@ class LRINet(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.frame = FrameExtractor(cfg)
-        n = cfg.feature_dim
-        self.blocks = nn.ModuleList(TSCMBottleneck(n, cfg.temporal_mid, cfg.shift_div) for _ in range(3))
+        n = cfg.ch(cfg.feature_dim)
+        self.blocks = nn.ModuleList(TSCMBottleneck(n, cfg.ch(cfg.temporal_mid), cfg.shift_div) for _ in range(3))
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(n, vocab_size)
 

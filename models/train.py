@@ -9,6 +9,10 @@ scheduler, RNG states), ``best.pt`` when the dev WER improves, a line of ``metri
 and ``train.log``. ``--resume`` continues from ``last.pt`` exactly: a resumed run ends with
 the same weights as an uninterrupted one. Under ``torchrun`` the model is wrapped in
 DistributedDataParallel (nccl on CUDA, gloo on CPU) and only rank 0 writes files.
+
+Other trainers reuse this loop through :class:`TrainHooks` (``distill.train``: a student
+factory, a distillation loss added to the CTC loss, projectors trained beside the model,
+a training set that carries cached teacher outputs) instead of copying it.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,14 +35,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from models.base import ModelOutput
+from models.base import InputSpec, ModelOutput
 from models.build import ModelConfig, build_model
 from models.checkpoint import check_compatible, load_checkpoint, save_checkpoint, spec_to_dict
 from models.data import AugmentConfig, BucketBatchSampler, CacheDataset, collate, meta_config
 
+if TYPE_CHECKING:
+    from models.students import StudentConfig
+
 log = logging.getLogger("models.train")  # not __name__: that is "__main__" under python -m
+LOGGERS = ("models", "evaluate", "distill")  # packages whose log lines reach stderr and train.log
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
@@ -100,8 +108,35 @@ class TrainConfig:
 @dataclass(frozen=True)
 class RunConfig:
     data: DataConfig
-    model: ModelConfig
+    model: ModelConfig | StudentConfig  # anything with to_dict(); students need data.streams and TrainHooks.build_model
     train: TrainConfig
+
+
+Batch = Sequence[Any]  # (inputs, lengths, targets, target_lengths, ids, *whatever the hooks' collate adds)
+
+
+@dataclass(frozen=True)
+class TrainHooks:
+    """What a trainer built on this loop changes; every default reproduces ``make teacher``."""
+
+    build_model: Callable[[int, InputSpec], nn.Module] | None = None  # (vocab size, spec) -> model; default build_model(cfg.model)
+    model_config: dict[str, Any] | None = None  # saved as "model_config" (default cfg.model.to_dict())
+    extra_loss: Callable[[ModelOutput, Batch, int], tuple[Tensor, dict[str, Tensor]]] | None = None  # (out, batch, epoch) -> (loss added to CTC, parts for the logs)
+    extra_modules: nn.Module | None = None  # trained beside the model (e.g. KD projectors); saved as "extra_modules"
+    train_data: Callable[[CacheDataset], Dataset] | None = None  # wraps the training split (needs .lengths, .set_epoch)
+    collate: Callable[[list[Any]], Batch] | None = None  # collate of the wrapped training items (default models.data.collate)
+    checkpoint_extra: dict[str, Any] = field(default_factory=dict)  # more entries for every checkpoint
+
+
+class WithExtras(nn.Module):
+    """The model plus modules trained beside it, as one module for the optimizer and DDP."""
+
+    def __init__(self, model: nn.Module, extra: nn.Module) -> None:
+        super().__init__()
+        self.model, self.extra = model, extra
+
+    def forward(self, inputs: dict[str, Tensor], lengths: Tensor) -> ModelOutput:
+        return self.model(inputs, lengths)
 
 
 def _dataclass_from(cls: type, d: dict[str, Any] | None, section: str) -> Any:
@@ -311,7 +346,7 @@ def _setup_logging(out_dir: Path, main: bool) -> list[logging.Handler]:
         handlers.append(logging.FileHandler(out_dir / "train.log", encoding="utf-8"))
     for h in handlers:
         h.setFormatter(fmt)
-    for name in ("models", "evaluate"):
+    for name in LOGGERS:
         lg = logging.getLogger(name)
         lg.setLevel(logging.INFO if main else logging.WARNING)
         for h in handlers:
@@ -321,7 +356,7 @@ def _setup_logging(out_dir: Path, main: bool) -> list[logging.Handler]:
 
 
 def _teardown_logging(handlers: list[logging.Handler]) -> None:
-    for name in ("models", "evaluate"):
+    for name in LOGGERS:
         lg = logging.getLogger(name)
         for h in handlers:
             lg.removeHandler(h)
@@ -337,13 +372,14 @@ def _progress(enabled: bool):
                     TextColumn("{task.fields[info]}"), disable=not enabled, transient=False)
 
 
-def train(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, device: str = "auto") -> dict[str, Any]:
+def train(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, device: str = "auto",
+          hooks: TrainHooks | None = None) -> dict[str, Any]:
     """Train ``cfg`` into ``out_dir``; returns a summary (best WER, epochs, checkpoint paths)."""
     out_dir = Path(out_dir)
     d = setup_distributed(device)
     handlers = _setup_logging(out_dir, d.main)
     try:
-        return _train(cfg, out_dir, resume, d)
+        return _train(cfg, out_dir, resume, d, hooks or TrainHooks())
     except TrainingStopped as e:
         log.error("%s", e)  # into train.log too
         raise
@@ -353,7 +389,7 @@ def train(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, devi
             dist.destroy_process_group()
 
 
-def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist) -> dict[str, Any]:
+def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist, hooks: TrainHooks) -> dict[str, Any]:
     tc, dc = cfg.train, cfg.data
     last_path, best_path, metrics_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "metrics.jsonl"
     if last_path.exists() and not resume:
@@ -371,18 +407,23 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist) -> dict[str, An
     if len(dev_ds) == 0:
         log.warning("%s: split %r is empty; best.pt is chosen by the training loss", dev_ds.root, dc.dev_split)
     vocab, spec = train_ds.vocab, train_ds.spec()
-    sampler = BucketBatchSampler(train_ds.lengths, tc.batch_size, shuffle=True, seed=tc.seed,
+    train_data = hooks.train_data(train_ds) if hooks.train_data else train_ds  # e.g. + cached teacher outputs
+    sampler = BucketBatchSampler(train_data.lengths, tc.batch_size, shuffle=True, seed=tc.seed,
                                  num_replicas=d.world, rank=d.rank)
-    loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=tc.num_workers,
-                        pin_memory=d.device.type == "cuda")
+    loader = DataLoader(train_data, batch_sampler=sampler, collate_fn=hooks.collate or collate,
+                        num_workers=tc.num_workers, pin_memory=d.device.type == "cuda")
     dev_loader = None
     if len(dev_ds):
         dev_loader = DataLoader(dev_ds, batch_sampler=BucketBatchSampler(dev_ds.lengths, tc.batch_size, shuffle=False),
                                 collate_fn=collate, num_workers=tc.num_workers)
 
-    # Model, optimizer, schedule.
-    model = build_model(cfg.model, len(vocab), spec).to(d.device)
-    optimizer = make_optimizer(model, tc)
+    # Model (+ modules trained beside it), optimizer, schedule.
+    model = (hooks.build_model or (lambda n, s: build_model(cfg.model, n, s)))(len(vocab), spec).to(d.device)
+    model_config = hooks.model_config or cfg.model.to_dict()
+    trained: nn.Module = model
+    if hooks.extra_modules is not None:
+        trained = WithExtras(model, hooks.extra_modules.to(d.device))
+    optimizer = make_optimizer(trained, tc)
     steps_per_epoch = len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc, steps_per_epoch))
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
@@ -393,11 +434,13 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist) -> dict[str, An
     start_epoch, step, best = 0, 0, float("inf")
     if resume and last_path.exists():
         ckpt = load_checkpoint(last_path)
-        if ckpt["model_config"] != cfg.model.to_dict():
-            raise ValueError(f"{last_path} was trained with another model config than {cfg.model.to_dict()}; "
+        if ckpt["model_config"] != model_config:
+            raise ValueError(f"{last_path} was trained with another model config than {model_config}; "
                              "resume with its own config or choose another --out")
         check_compatible(ckpt, dc.cache, dc.dataset, ckpt_name=str(last_path))
         model.load_state_dict(ckpt["model"])
+        if hooks.extra_modules is not None:
+            hooks.extra_modules.load_state_dict(ckpt["extra_modules"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -416,9 +459,9 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist) -> dict[str, An
         log.warning("--resume: no %s yet; starting from scratch", last_path)
     if d.world > 1 and start_epoch == 0:
         torch.manual_seed(tc.seed + d.rank)  # weights are equal (DDP broadcasts rank 0's); dropout differs per rank
-    net: nn.Module = model
+    net: nn.Module = trained
     if d.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(trained, device_ids=[d.device.index] if d.device.type == "cuda" else None)
 
     log.info("%s on %s: %d train / %d dev utterances, %s, %.2f M parameters, %d process(es), %d steps/epoch",
              dc.dataset, d.device, len(train_ds), len(dev_ds), "+".join(streams), n_params / 1e6, d.world, steps_per_epoch)
@@ -428,12 +471,13 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist) -> dict[str, An
     for epoch in range(start_epoch, tc.epochs):
         # ---- one pass over the training split
         sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
+        train_data.set_epoch(epoch)
         net.train()
         t0, seen, loss_sum, level_sums = time.time(), 0, 0.0, {}
         with _progress(d.main) as bar:
             task = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=steps_per_epoch, info="")
-            for inputs, lengths, targets, target_lengths, ids in loader:
+            for batch in loader:
+                inputs, lengths, targets, target_lengths, ids = batch[:5]
                 inputs = {k: v.to(d.device, non_blocking=True) for k, v in inputs.items()}
                 with torch.autocast(d.device.type, dtype=torch.float16, enabled=amp):
                     out = net(inputs, lengths.to(d.device))
@@ -441,6 +485,9 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist) -> dict[str, An
                 if not parts:
                     raise ValueError(f"train.level_weights {tc.level_weights} match none of the model's output "
                                      f"levels {sorted(out.logits)}; give e.g. main: 1.0")
+                if hooks.extra_loss is not None:  # e.g. distillation, on top of the CTC levels
+                    extra, extra_parts = hooks.extra_loss(out, batch, epoch)
+                    loss, parts = loss + extra, {**parts, **extra_parts}
                 if not _all_finite(loss, d):
                     where = (f"{last_path} (epoch {epoch}) is kept"
                              if last_path.exists() else "no checkpoint was written yet")
@@ -453,7 +500,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist) -> dict[str, An
                 scaler.scale(loss).backward()
                 if tc.grad_clip > 0:
                     scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                    nn.utils.clip_grad_norm_(trained.parameters(), tc.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
@@ -489,13 +536,16 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist) -> dict[str, An
             dist.all_gather_object(states, rng_state())
         if d.main:
             state = {
-                "model_config": cfg.model.to_dict(), "input_spec": spec_to_dict(spec), "vocab": list(vocab.tokens),
+                **hooks.checkpoint_extra,
+                "model_config": model_config, "input_spec": spec_to_dict(spec), "vocab": list(vocab.tokens),
                 "cache": cache_info, "streams": list(streams), "crop_size": dc.augment.crop_size,
                 "train_config": asdict(tc), "data_config": {**asdict(dc), "streams": list(dc.streams)},
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "epoch": epoch + 1, "step": step, "best": best, "rng": states,
             }
+            if hooks.extra_modules is not None:
+                state["extra_modules"] = hooks.extra_modules.state_dict()
             if improved:
                 save_checkpoint(best_path, state)
             with open(metrics_path, "a", encoding="utf-8") as f:

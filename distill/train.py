@@ -1,0 +1,479 @@
+"""`make student`: train a student with a distillation recipe, or its CTC-only twin (`--no-kd`).
+
+    python -m distill.train --recipe kdmslrt [--teacher CKPT] [--cache DIR] [--out DIR]
+                            [--no-kd] [--resume] [--epochs N] [--rebuild-teacher-cache] [--train-teacher]
+
+Steps: (1) refuse bad input before anything trains: a student that cannot read the cache, a
+teacher whose vocabulary or extractor settings differ from the cache's, a teacher whose time
+reduction differs from the student's (measured on a probe clip), a stale teacher-output
+cache; (2) run the frozen teacher once over the training split into
+``<out>/teacher_outputs/train`` (``distill.teacher_cache``); (3) train the student with the
+``models.train`` loop through ``TrainHooks``: CTC over the recipe's levels plus the recipe's
+distillation loss, stage by stage (SMKD: sentences -> per-gloss segments -> fine-tuning);
+(4) decode dev and test with ``best.pt`` (and, for KD-MSLRT, train the text corrector on the
+training transcripts and score its output too) into ``<out>/results.json``.
+
+Teacher: ``--teacher``, else ``exp/teachers/<teacher.name>/best.pt``, else
+``exp/kd_teachers/<teacher.name>/best.pt``; ``--train-teacher`` trains the latter from the
+recipe's ``teacher.config`` when neither exists. Output: ``--out``, else
+``exp/students/<recipe>`` (``exp/students/<recipe>_ctc`` with ``--no-kd``). With stages, each
+stage has its own folder and the last stage's ``best.pt`` is copied to ``<out>/best.pt``.
+Checkpoints hold the student config (``kind`` ...), the recipe and the teacher fingerprint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from distill.losses import FeatureProjector, ctc_alignment_segments, hierarchical_kd, smkd_self_distill
+from distill.recipes import LRINET_KEYS, Recipe, StageConfig, load_recipe, recipe_dict, student_config
+from distill.teacher_cache import (StudentDataset, TeacherCache, prepare_teacher_cache, probe, student_collate,
+                                   teacher_fingerprint)
+from models.base import TIME_REDUCTION, InputSpec, ModelOutput
+from models.checkpoint import check_compatible, checkpoint_streams, load_checkpoint, load_model
+from models.data import BucketBatchSampler, CacheDataset, collate, input_spec
+from models.lrinet import LRINet, LRINetConfig
+from models.students import StudentConfig, build_student
+from models.train import RunConfig, TrainHooks, TrainingStopped, load_config, train
+from preprocess import cache as cache_lib
+from preprocess.manifest import atomic_write_text
+from preprocess.vocab import Vocabulary
+
+log = logging.getLogger("distill.train")  # not __name__: that is "__main__" under python -m
+
+
+# --------------------------------------------------------------------------------- student
+
+
+def build_recipe_student(student: dict[str, Any], vocab_size: int, spec: InputSpec) -> nn.Module:
+    """The recipe's student; LRINet's width/stem extras are honoured even where StudentConfig lacks them."""
+    cfg = student_config(student)
+    extras = {k: student[k] for k in LRINET_KEYS if k in student}
+    if not extras or {f.name for f in fields(StudentConfig)} >= set(extras) or spec.rgb_size <= 0:
+        return build_student(cfg, vocab_size, spec)  # (also raises the one-line "needs RGB" error)
+    lcfg = LRINetConfig(input_size=cfg.input_size, grad_stop_p=cfg.grad_stop_p, dropout=cfg.dropout,
+                        width=float(extras.get("lrinet_width", 1.0)),
+                        stem_repeats=int(extras.get("lrinet_stem_repeats", 3)))
+    return LRINet(vocab_size, lcfg)
+
+
+def load_student(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a student checkpoint written by this trainer; eval mode."""
+    ckpt = load_checkpoint(path)
+    model = build_recipe_student(dict(ckpt.get("student_config") or ckpt["model_config"]), len(ckpt["vocab"]),
+                                 InputSpec(**ckpt["input_spec"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt
+
+
+# --------------------------------------------------------------------------------- teacher
+
+
+def default_teacher(name: str) -> Path:
+    """exp/teachers/<name>/best.pt (the lead's `make teacher`), else exp/kd_teachers/<name>/best.pt."""
+    primary = Path("exp") / "teachers" / name / "best.pt"
+    return primary if primary.is_file() else Path("exp") / "kd_teachers" / name / "best.pt"
+
+
+def resolve_teacher(recipe: Recipe, teacher: str | None, cache: str, train_teacher: bool, device: str) -> Path:
+    """The teacher checkpoint to use, trained first when asked to and missing."""
+    assert recipe.teacher is not None
+    path = Path(teacher) if teacher else default_teacher(recipe.teacher.name)
+    if path.is_file():
+        return path
+    if teacher or not train_teacher:
+        hint = (f"train it with `python -m models.train --config {recipe.teacher.config} --cache {cache} "
+                f"--out {path.parent}`, pass --train-teacher, or pass --teacher" if recipe.teacher.config else "pass --teacher")
+        raise FileNotFoundError(f"{path}: teacher checkpoint not found; {hint}")
+    if not recipe.teacher.config:
+        raise ValueError(f"{path}: teacher missing and the recipe gives no teacher.config to train it from")
+    log.info("training the missing teacher %s into %s", recipe.teacher.name, path.parent)
+    train(load_config(recipe.teacher.config, cache=cache), path.parent, device=device)
+    return path
+
+
+def check_time_reduction(teacher: nn.Module, teacher_spec: InputSpec, teacher_streams: Sequence[str],
+                         student: nn.Module, spec: InputSpec, streams: Sequence[str], teacher_name: str,
+                         frames: int = 32) -> None:
+    """Refuse a teacher whose posteriors do not have the student's steps on the same clip length."""
+    t_steps = probe(teacher, teacher_spec, teacher_streams, frames).main.shape[1]
+    s_steps = probe(student, spec, streams, frames).main.shape[1]
+    if t_steps != s_steps:
+        raise ValueError(
+            f"time reduction mismatch: teacher {teacher_name} turns {frames} frames into {t_steps} steps but the "
+            f"student into {s_steps} (x{frames / max(t_steps, 1):g} vs x{frames / max(s_steps, 1):g}); "
+            f"distil from a teacher with the student's reduction (models.base.TIME_REDUCTION = {TIME_REDUCTION})")
+
+
+# ---------------------------------------------------------------------------------- losses
+
+
+def make_projectors(recipe: Recipe, student_out: ModelOutput, teacher_dims: dict[str, int]) -> nn.ModuleDict:
+    """A learned linear map for every distilled feature whose student and teacher widths differ."""
+    projectors = nn.ModuleDict()
+    for name, w in recipe.kd.features.items():
+        if w <= 0:
+            continue
+        if name not in student_out.features:
+            raise ValueError(f"kd.features: the {recipe.kind} student has no feature {name!r} "
+                             f"(it has {sorted(student_out.features)})")
+        ds, dt = student_out.features[name].shape[-1], teacher_dims[recipe.kd.teacher_feature(name)]
+        if ds != dt:
+            projectors[name] = FeatureProjector(ds, dt)
+    return projectors
+
+
+def segment_cross_entropy(logits: Tensor, out_lengths: Tensor, glosses: Tensor) -> Tensor:
+    """Every valid step of a single-gloss clip predicts that gloss (frame-level pseudo-labels).
+
+    Args:
+        logits: [B, T', V] e.g. the visual module's "conv_main" level.
+        out_lengths: [B] valid steps.
+        glosses: [B] the gloss of each clip.
+
+    Returns:
+        scalar: cross-entropy averaged over valid steps.
+    """
+    b, t, _ = logits.shape
+    ce = F.cross_entropy(logits.float().transpose(1, 2), glosses[:, None].expand(b, t), reduction="none")  # [B, T']
+    valid = (torch.arange(t, device=logits.device)[None] < out_lengths[:, None]).float()
+    return (ce * valid).sum() / valid.sum().clamp(min=1)
+
+
+def make_extra_loss(recipe: Recipe, use_kd: bool, use_smkd: bool, projectors: nn.ModuleDict | None,
+                    segment_ce: float = 0.0
+                    ) -> Callable[[ModelOutput, Sequence[Any], int], tuple[Tensor, dict[str, Tensor]]] | None:
+    """The loss added to CTC: hierarchical KD from the cached teacher, SMKD, and/or the segment
+    cross-entropy (single-gloss batches only); None for CTC only."""
+    kd, sm = recipe.kd, recipe.smkd
+    weights = {"posterior": kd.posterior, **kd.features} if use_kd else {}
+    if not weights and not use_smkd and segment_ce <= 0:
+        return None
+
+    def extra_loss(out: ModelOutput, batch: Sequence[Any], epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
+        total = out.main.new_zeros((), dtype=torch.float32)
+        parts: dict[str, Tensor] = {}
+        if weights:
+            cached, device = batch[5], out.main.device
+            teacher = {"logits": cached["logits"].to(device)}
+            teacher.update({name: cached[kd.teacher_feature(name)].to(device) for name in kd.features})
+            loss, p = hierarchical_kd(out, teacher, batch[1].to(device), weights, projectors, kd.temperature,
+                                      kd.blank_mode)
+            total = total + loss
+            parts.update({f"kd_{k}": v.detach() for k, v in p.items()})
+        if use_smkd:
+            loss = smkd_self_distill(out.logits["conv_main"], out.logits["main"], out.out_lengths, sm.temperature)
+            total = total + sm.weight * loss
+            parts["smkd"] = loss.detach()
+        if segment_ce > 0:  # segment batches: targets are one gloss per clip
+            loss = segment_cross_entropy(out.logits["conv_main"], out.out_lengths, batch[2].to(out.main.device))
+            total = total + segment_ce * loss
+            parts["segment_ce"] = loss.detach()
+        return total, parts
+
+    return extra_loss
+
+
+# ---------------------------------------------------------------------- gloss segmentation
+
+
+@torch.no_grad()
+def gloss_segments(model: nn.Module, ds: CacheDataset, batch_size: int = 8) -> dict[str, list[list[int]]]:
+    """SMKD gloss segmentation: per utterance, ``[start, end, gloss]`` input-frame spans from the
+    CTC forced alignment of the model's main posteriors (blanks shared out, so spans tile the clip).
+
+    Utterances whose alignment is impossible (too few steps for their glosses) are left out.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    targets = {u.id: t for u, t in zip(ds.utts, ds.targets)}
+    loader = DataLoader(ds, batch_sampler=BucketBatchSampler(ds.lengths, batch_size, shuffle=False), collate_fn=collate)
+    segments: dict[str, list[list[int]]] = {}
+    for inputs, lengths, _, _, ids in loader:
+        out = model({k: v.to(device) for k, v in inputs.items()}, lengths.to(device))
+        logp = out.main.float().log_softmax(-1).cpu()  # [B, T', V]
+        for j, uid in enumerate(ids):
+            tp, t = int(out.out_lengths[j]), int(lengths[j])
+            try:
+                segs = ctc_alignment_segments(logp[j, :tp], targets[uid], absorb_blanks=True)
+            except ValueError:
+                continue
+            spans = [[a * TIME_REDUCTION, b * TIME_REDUCTION, g] for a, b, g in segs]
+            spans[-1][1] = t  # frames past the last full step belong to the last gloss
+            segments[uid] = spans
+    return segments
+
+
+class SegmentDataset(Dataset):
+    """Per-gloss clips of a training split: each item is one span of one (augmented) utterance
+    with that single gloss as its target (SMKD's gloss-segmentation stage)."""
+
+    def __init__(self, base: CacheDataset | StudentDataset, ids: Sequence[str], segments: dict[str, list[list[int]]]) -> None:
+        self.base = base
+        self.items = [(i, s, e, g) for i, uid in enumerate(ids) for s, e, g in segments.get(uid, [])]
+        if not self.items:
+            raise ValueError("gloss segmentation produced no segments; train the first stage longer")
+        self.lengths = [e - s for _, s, e, _ in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        i, s, e, g = self.items[j]
+        item = self.base[i]
+        return {"inputs": {k: v[s:e] for k, v in item["inputs"].items()},
+                "targets": torch.tensor([g], dtype=torch.long), "id": f"{item['id']}#{j}"}
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+@torch.no_grad()
+def decode_split(model: nn.Module, ckpt: dict[str, Any], cache: str, dataset: str, split: str,
+                 beam: int) -> dict[str, list[str]] | None:
+    """Hypotheses of a split (None when the split has no cached utterance)."""
+    from evaluate.eval import decode_dataset
+
+    ds = CacheDataset(cache, dataset, split, checkpoint_streams(ckpt), augment=None,
+                      crop_size=int(ckpt.get("crop_size") or 0), require_targets=False)
+    if len(ds) == 0:
+        return None
+    return decode_dataset(model, ds, Vocabulary(tuple(ckpt["vocab"])), beam=beam)
+
+
+def evaluate_run(recipe: Recipe, best: Path, out_dir: Path, kd: bool) -> dict[str, Any]:
+    """Dev/test WER of ``best`` (+ the text corrector's, when the recipe has one) -> results dict."""
+    from evaluate.formats import write_text
+    from evaluate.wer import score
+    from preprocess.manifest import read_manifest
+
+    dc = recipe.data
+    model, ckpt = load_student(best)
+    rules = recipe.train.rules
+    manifest = read_manifest(cache_lib.dataset_dir(dc.cache, dc.dataset) / "manifest.jsonl")
+    refs = {u.id: list(u.glosses) for u in manifest}
+    results: dict[str, Any] = {
+        "recipe": recipe.name, "method": recipe.method, "mode": "kd" if kd else "ctc", "student": recipe.kind,
+        "checkpoint": str(best), "epoch": ckpt["epoch"], "params": sum(p.numel() for p in model.parameters()),
+        "size_bytes": sum(v.numel() * v.element_size() for v in ckpt["model"].values()),
+        "teacher": ckpt.get("teacher"), "beam": recipe.eval_beam, "splits": {},
+    }
+    hyps: dict[str, dict[str, list[str]]] = {}
+    for split in ("dev", "test"):
+        h = decode_split(model, ckpt, dc.cache, dc.dataset, split, recipe.eval_beam)
+        if h is None:
+            continue
+        hyps[split] = h
+        write_text(out_dir / "eval" / f"{split}.hyp.txt", h)
+        results["splits"][split] = score(h, {u: refs[u] for u in h}, rules).to_dict()
+        log.info("%s %s: WER %.2f%%", recipe.name, split, results["splits"][split]["wer"])
+
+    if recipe.correction is not None and hyps:
+        from distill.correction import CorrectionConfig, confusions_from_hypotheses, correct, train_corrector
+
+        vocab = Vocabulary(tuple(ckpt["vocab"]))
+        settings = dict(recipe.correction)
+        confusions = None
+        if settings.pop("confusions", False):  # practise on the substitutions this student makes
+            train_hyps = decode_split(model, ckpt, dc.cache, dc.dataset, dc.train_split, beam=1) or {}
+            confusions = confusions_from_hypotheses(refs, train_hyps)
+        sents = [u.glosses for u in manifest if u.split == dc.train_split]
+        corrector = train_corrector(sents, vocab, CorrectionConfig.from_dict(settings), out_dir / "corrector.pt",
+                                    progress=False, confusions=confusions)
+        for split, h in hyps.items():
+            fixed = correct(corrector, h, unknown="keep")
+            write_text(out_dir / "eval" / f"{split}.corrected.txt", fixed)
+            r = score(fixed, {u: refs[u] for u in fixed}, rules).to_dict()
+            results["splits"][split]["corrected"] = r
+            log.info("%s %s: WER %.2f%% after text correction", recipe.name, split, r["wer"])
+    return results
+
+
+# ----------------------------------------------------------------------------------- run
+
+
+def _json_safe(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=str))
+
+
+def run_recipe(recipe: Recipe, out_dir: str | os.PathLike, teacher: str | None = None, kd: bool = True,
+               resume: bool = False, rebuild_teacher_cache: bool = False, train_teacher: bool = False,
+               device: str = "cpu") -> dict[str, Any]:
+    """Check inputs, cache the teacher, train every stage, evaluate; returns the results dict."""
+    out_dir = Path(out_dir)
+    dc, streams = recipe.data, recipe.streams
+    meta = cache_lib.read_meta(dc.cache, dc.dataset)
+    vocab_path = cache_lib.dataset_dir(dc.cache, dc.dataset) / "vocab.json"
+    if not vocab_path.is_file():
+        raise FileNotFoundError(f"{vocab_path}: no vocabulary; run `make features DATASET={dc.dataset}` first")
+    vocab = Vocabulary.load(vocab_path)
+    spec = input_spec(meta, dc.augment.crop_size, streams)
+    try:
+        probe_student = build_recipe_student(recipe.student, len(vocab), spec)
+    except ValueError as e:
+        raise ValueError(f"recipe {recipe.name}: {e}") from None
+    student_out = probe(probe_student, spec, streams)
+
+    use_kd = kd and recipe.teacher is not None and recipe.kd.active
+    tcache: TeacherCache | None = None
+    teacher_info = None
+    projectors: nn.ModuleDict | None = None
+    cache_s = 0.0
+    if use_kd:
+        tpath = resolve_teacher(recipe, teacher, dc.cache, train_teacher, device)
+        tckpt = load_checkpoint(tpath)
+        check_compatible(tckpt, dc.cache, dc.dataset, ckpt_name=f"teacher {tpath}")
+        tmodel, _ = load_model(tpath)
+        check_time_reduction(tmodel, InputSpec(**tckpt["input_spec"]), checkpoint_streams(tckpt), probe_student,
+                             spec, streams, str(tpath))
+        teacher_info = {"path": str(tpath), "fingerprint": teacher_fingerprint(tckpt)}
+        del tmodel
+        t0 = time.time()
+        tcache = prepare_teacher_cache(tpath, dc.cache, dc.dataset, dc.train_split, out_dir / "teacher_outputs" / dc.train_split,
+                                       recipe.teacher.features, recipe.teacher.reduce_dim, rebuild=rebuild_teacher_cache)
+        cache_s = time.time() - t0
+        torch.manual_seed(recipe.train.seed + 1)  # projectors: their own seed, the student's init is untouched
+        projectors = make_projectors(recipe, student_out, tcache.dims)
+    del probe_student
+
+    stages = recipe.stage_list(kd)
+    use_smkd = kd and recipe.smkd.weight > 0
+    student_dict = dict(recipe.student)
+    base_extra = {"student_config": student_dict, "recipe": _json_safe(recipe_dict(recipe)), "teacher": teacher_info,
+                  "distilled": bool(use_kd or use_smkd)}
+    prev_best: Path | None = None
+    for k, stage in enumerate(stages):
+        stage_dir = out_dir if len(stages) == 1 else out_dir / stage.name
+        distill_here = stage.distill and stage.data == "sentences"
+        tc = replace(recipe.train, epochs=stage.epochs, lr=stage.lr or recipe.train.lr,
+                     level_weights=stage.level_weights or recipe.train.level_weights)
+        stage_dc = dc
+        if stage.data == "segments":  # spans are in clean frames: no temporal rescale here
+            stage_dc = replace(dc, augment=replace(dc.augment, time_scale=0.0))
+        init = prev_best
+
+        def factory(n: int, s: InputSpec, init: Path | None = init) -> nn.Module:
+            model = build_recipe_student(student_dict, n, s)
+            if init is not None:
+                state = load_checkpoint(init)
+                model.load_state_dict(state["model"])
+                if projectors is not None and "extra_modules" in state:
+                    projectors.load_state_dict(state["extra_modules"])
+            return model
+
+        lm_aug = recipe.landmark_augment
+        teacher_here = tcache if (use_kd and distill_here) else None
+        if stage.data == "segments":
+            segments = _segments(prev_best, recipe, stage_dc, out_dir / "segments.json")
+
+            def wrap(ds: CacheDataset, segments=segments) -> Dataset:
+                return SegmentDataset(StudentDataset(ds, None, lm_aug), [u.id for u in ds.utts], segments)
+        else:
+            def wrap(ds: CacheDataset, teacher_here=teacher_here) -> Dataset:
+                return StudentDataset(ds, teacher_here, lm_aug)
+
+        hooks = TrainHooks(
+            build_model=factory, model_config=student_dict,
+            extra_loss=make_extra_loss(recipe, teacher_here is not None, use_smkd and distill_here, projectors,
+                                       stage.segment_ce if kd else 0.0),
+            extra_modules=projectors if teacher_here is not None else None,
+            train_data=wrap, collate=student_collate,
+            checkpoint_extra={**base_extra, "stage": stage.name},
+        )
+        log.info("%s: stage %d/%d %r (%s, %d epochs, %s)", recipe.name, k + 1, len(stages), stage.name, stage.data,
+                 stage.epochs, "distillation" if hooks.extra_loss else "CTC only")
+        summary = train(RunConfig(stage_dc, student_config(student_dict), tc), stage_dir, resume=resume,
+                        device=device, hooks=hooks)
+        prev_best = Path(summary["best_path"] or summary["last"])
+
+    best = out_dir / "best.pt"
+    if prev_best != best:
+        tmp = out_dir / ".best.pt.tmp"
+        shutil.copyfile(prev_best, tmp)
+        os.replace(tmp, best)
+    results = evaluate_run(recipe, best, out_dir, kd)
+    results["teacher_cache_s"] = round(cache_s, 2)
+    results["epoch_time_s"] = _epoch_times(out_dir, stages)
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def _segments(stage_best: Path | None, recipe: Recipe, dc, path: Path) -> dict[str, list[list[int]]]:
+    """Gloss segments from the previous stage's best model, computed once per run (segments.json)."""
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    assert stage_best is not None
+    model, ckpt = load_student(stage_best)
+    ds = CacheDataset(dc.cache, dc.dataset, dc.train_split, recipe.streams, augment=None,
+                      crop_size=dc.augment.crop_size)
+    segments = gloss_segments(model, ds, recipe.train.batch_size)
+    n = sum(len(v) for v in segments.values())
+    log.info("gloss segmentation: %d segments from %d of %d utterances", n, len(segments), len(ds))
+    atomic_write_text(path, json.dumps(segments) + "\n")
+    return segments
+
+
+def _epoch_times(out_dir: Path, stages: Sequence[StageConfig]) -> dict[str, float]:
+    """Mean training seconds per epoch of every stage (metrics.jsonl)."""
+    times: dict[str, float] = {}
+    for stage in stages:
+        m = (out_dir if len(stages) == 1 else out_dir / stage.name) / "metrics.jsonl"
+        if m.is_file():
+            rows = [json.loads(x) for x in m.read_text().splitlines() if x]
+            if rows:
+                times[stage.name] = round(float(np.mean([r["train_time_s"] for r in rows])), 3)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m distill.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", required=True, help="recipe name (configs/recipes/<name>.yaml) or a YAML path")
+    p.add_argument("--teacher", help="teacher checkpoint (default exp/teachers/<name>/best.pt, else exp/kd_teachers/...)")
+    p.add_argument("--cache", help="cache root (overrides data.cache)")
+    p.add_argument("--out", help="output folder (default exp/students/<recipe>, or <recipe>_ctc with --no-kd)")
+    p.add_argument("--no-kd", action="store_true", help="train the same student with CTC alone (the ablation twin)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last.pt files")
+    p.add_argument("--epochs", type=int, help="override the epochs (of every stage, when the recipe has stages)")
+    p.add_argument("--rebuild-teacher-cache", action="store_true", help="rebuild a stale teacher-output cache")
+    p.add_argument("--train-teacher", action="store_true", help="train the recipe's teacher when no checkpoint exists")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    try:
+        recipe = load_recipe(args.recipe, cache=args.cache, epochs=args.epochs)
+        out = Path(args.out) if args.out else Path("exp") / "students" / (recipe.name + ("_ctc" if args.no_kd else ""))
+        results = run_recipe(recipe, out, teacher=args.teacher, kd=not args.no_kd, resume=args.resume,
+                             rebuild_teacher_cache=args.rebuild_teacher_cache, train_teacher=args.train_teacher,
+                             device=device)
+    except TrainingStopped:
+        return 1  # already logged to stderr and train.log
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    wers = ", ".join(f"{s} WER {r['wer']:.2f}%" + (f" ({r['corrected']['wer']:.2f}% corrected)" if "corrected" in r else "")
+                     for s, r in results["splits"].items())
+    print(f"{recipe.name} ({results['mode']}): {wers}; results in {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
