@@ -11,11 +11,12 @@ WORKERS ?= 2
 SHARD ?= 0/1
 CONFIG ?= configs/teachers/synthsign_fusion_attention.yaml
 RECIPE ?= kdmslrt
-CKPT ?= exp/teacher/best.pt
+CKPT ?= exp/teachers/synthsign_fusion_attention/best.pt
 SPLIT ?= dev
 OUT ?= exp
+STUDENT ?= exp/demo/student/best.pt
 
-.PHONY: setup features teacher student eval export demo test bench clean-cache
+.PHONY: setup features teacher student eval export tables demo test bench clean-cache
 
 # The venv is rebuilt only when pyproject.toml changes, so `make setup` is quick when done.
 $(VENV)/.installed: pyproject.toml
@@ -31,14 +32,22 @@ features: setup
 	$(PY) -m preprocess.features --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
 		--cache $(CACHE) --workers $(WORKERS) --shard $(SHARD)
 
+# Output: exp/teachers/<config name>/ (best.pt, last.pt, metrics.jsonl, train.log); re-running resumes.
 teacher: setup
-	$(PY) -m models.train --config $(CONFIG) --cache $(CACHE)
+	$(PY) -m models.train --config $(CONFIG) --cache $(CACHE) --resume
 
+# Output: exp/students/<recipe>/ (results.json with dev/test WER); NO_KD=1 trains the CTC-only twin.
 student: setup
-	$(PY) -m distill.train --recipe $(RECIPE) --cache $(CACHE)
+	$(PY) -m distill.train --recipe $(RECIPE) --cache $(CACHE) $(if $(NO_KD),--no-kd)
 
 eval: setup
 	$(PY) -m evaluate.eval --ckpt $(CKPT) --cache $(CACHE) --split $(SPLIT)
+
+export: setup
+	$(PY) -m evaluate.export --ckpt $(CKPT) --out $(basename $(CKPT)).onnx --int8
+
+tables: setup
+	$(PY) -m evaluate.tables all --cache $(CACHE)
 
 demo: setup
 	$(PY) -m evaluate.demo --cache $(CACHE) --out $(OUT)/demo
@@ -50,9 +59,15 @@ test: setup
 		echo "note: sclite not installed; the sclite comparison tests will skip"; }
 	$(PY) -m pytest tests
 
+# Speed/size figures quoted in the README (run on an idle machine; no test depends on timings).
 bench: setup
 	$(PY) -m preprocess.bench --out $(OUT)/bench_features.json
 	$(PY) -m models.flops
+	@if [ -f $(STUDENT) ]; then \
+		$(PY) -m evaluate.export --ckpt $(STUDENT) --out $(OUT)/bench_student.onnx --int8 && \
+		$(PY) -m evaluate.speed --ckpt $(STUDENT) --onnx $(OUT)/bench_student.onnx --repeats 50 \
+			$(if $(wildcard ../shared/clips/wlasl_68011_book.mp4),--live ../shared/clips/wlasl_68011_book.mp4) --json $(OUT)/bench_speed.json; \
+	else echo "bench: no $(STUDENT) yet (make demo trains it); skipping the student speed figures"; fi
 
 clean-cache:
 	rm -rf $(CACHE)
