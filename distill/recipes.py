@@ -54,6 +54,8 @@ class KDConfig:
     blank_mode: str = "keep"  # "keep" | "drop" | "weight": how the CTC blank enters the KL
     features: dict[str, float] = field(default_factory=dict)  # student feature -> MSE weight (projected when widths differ)
     feature_map: dict[str, str] = field(default_factory=dict)  # student feature -> teacher feature (default: same name)
+    only_correct: bool = False  # distil only the training clips the teacher itself decodes correctly (its
+    #   mistakes on the training set would otherwise be taught against the transcript's CTC target)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", {str(k): float(v) for k, v in dict(self.features).items()})

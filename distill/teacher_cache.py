@@ -2,8 +2,10 @@
 
 Layout: ``<out>/teacher_outputs/<split>/<id>.npz`` (written atomically with
 ``preprocess.cache.write_npz_atomic``) and ``<out>/teacher_outputs/<split>/index.json``. Each npz
-holds ``logits``: float16 [T', V] log-posteriors of the teacher's "main" level (T' = T // 4)
-and one float16 array per requested feature, [T, D] for frame-rate features ("frame", ...) or
+holds ``logits``: float16 [T', V] log-posteriors of the teacher's "main" level (T' = T // 4),
+``correct``: whether the teacher's greedy decoding of the clip equals its transcript (so a
+recipe can skip the clips the teacher gets wrong, ``kd.only_correct``), and one float16 array
+per requested feature, [T, D] for frame-rate features ("frame", ...) or
 [T', D] for step-rate ones ("temporal", "context", ...); the rate of each is measured on a
 probe clip and kept in the index. A feature wider than ``reduce_dim`` (when > 0) is stored
 through a fixed Gaussian random projection ``D -> reduce_dim`` (entries N(0, 1/reduce_dim),
@@ -58,13 +60,14 @@ from torch.utils.data import DataLoader, Dataset
 from models.base import TIME_REDUCTION, InputSpec
 from models.checkpoint import check_compatible, checkpoint_streams, load_model
 from models.data import AugmentConfig, BucketBatchSampler, CacheDataset, collate
+from evaluate.decode import greedy_decode
 from models.students import LandmarkAugment, LandmarkAugmentConfig
 from preprocess import cache as cache_lib
 from preprocess.manifest import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the npz/index layout changes: older caches then count as stale
+FORMAT = 2  # bump when the npz/index layout changes: older caches then count as stale
 PROBE_FRAMES = 32  # probe clip length for time reductions and feature rates
 REBUILD_HINT = "rerun with --rebuild-teacher-cache to rebuild it"
 
@@ -189,9 +192,13 @@ class TeacherCache:
                 self._memory_left -= size
         return {k: v.astype(np.float32) for k, v in arrays.items()}
 
+    def correct(self, uid: str) -> bool:
+        """Whether the teacher decodes this clip correctly (greedy, against its transcript)."""
+        return bool(self.load(uid)["correct"])
+
     def _read(self, uid: str) -> dict[str, np.ndarray]:
         path = self.dir / f"{uid}.npz"
-        names = ("logits", *self.index["features"])
+        names = ("logits", "correct", *self.index["features"])
         try:  # one open per item: the hash check and the reads share it
             with np.load(path, allow_pickle=False) as z:
                 if ("config_hash" in z.files and str(z["config_hash"]) == self.fingerprint
@@ -278,12 +285,14 @@ def prepare_teacher_cache(teacher: str | os.PathLike, cache_root: str | os.PathL
     dims: dict[str, dict[str, Any]] = {}
     projections: dict[str, np.ndarray] = {}
     done = 0
+    targets = {u.id: t for u, t in zip(ds.utts, ds.targets)}
     for inputs, lengths, _, _, ids in loader:
         todo = [j for j, u in enumerate(ids) if not cache_lib.is_valid(out_dir / f"{u}.npz", fingerprint)]
         if not todo and dims:
             continue  # an interrupted build left these; dims are known from an earlier batch
         out = model({k: v.to(device) for k, v in inputs.items()}, lengths.to(device))
         logp = out.main.float().log_softmax(-1).cpu()  # [B, T', V]
+        decoded = greedy_decode(logp, out.out_lengths.cpu())
         feats = {name: out.features[name].float().cpu() for name in features}  # [B, T or T', D]
         for name, x in feats.items():
             if name not in dims:
@@ -295,7 +304,8 @@ def prepare_teacher_cache(teacher: str | os.PathLike, cache_root: str | os.PathL
                               "projection": "gaussian_random" if k < d else None}
         for j in todo:
             t, tp = int(lengths[j]), int(out.out_lengths[j])
-            arrays = {"logits": logp[j, :tp].numpy().astype(np.float16)}
+            arrays = {"logits": logp[j, :tp].numpy().astype(np.float16),
+                      "correct": np.array(decoded[j] == list(targets[ids[j]]))}
             for name, x in feats.items():
                 a = x[j, : (t if rates[name] == "frame" else tp)].numpy()
                 if name in projections:
@@ -433,6 +443,7 @@ class StudentDataset(Dataset):
             x["keypoints"], x["keypoints_mask"] = torch.from_numpy(kp), torch.from_numpy(mask)
         if self.teacher is not None:
             arrays = self.teacher.load(item["id"])
+            item["teacher_correct"] = bool(arrays.pop("correct"))
             item["teacher"] = {k: torch.from_numpy(v) for k, v in align_to_student(arrays, self.teacher.rates, pos).items()}
         return item
 
@@ -456,4 +467,5 @@ def student_collate(batch: list[dict[str, Any]]):
             teacher[name] = padded
         teacher["out_lengths"] = (lengths // TIME_REDUCTION).clamp(min=1)
         teacher["lengths"] = lengths
+        teacher["correct"] = torch.tensor([b["teacher_correct"] for b in batch])  # [B] bool
     return inputs, lengths, targets, target_lengths, ids, teacher

@@ -171,10 +171,16 @@ def make_extra_loss(recipe: Recipe, use_kd: bool, use_smkd: bool, projectors: nn
             cached, device = batch[5], out.main.device
             teacher = {"logits": cached["logits"].to(device)}
             teacher.update({name: cached[kd.teacher_feature(name)].to(device) for name in kd.features})
-            loss, p = hierarchical_kd(out, teacher, batch[1].to(device), weights, projectors, kd.temperature,
-                                      kd.blank_mode)
-            total = total + loss
-            parts.update({f"kd_{k}": v.detach() for k, v in p.items()})
+            student, frames = out, batch[1].to(device)
+            if kd.only_correct:  # keep the clips the teacher gets right (rows of the batch)
+                keep = cached["correct"].to(device)
+                student = ModelOutput({k: v[keep] for k, v in out.logits.items()}, out.out_lengths[keep],
+                                      {k: v[keep] for k, v in out.features.items()})
+                teacher, frames = {k: v[keep] for k, v in teacher.items()}, frames[keep]
+            if len(frames):
+                loss, p = hierarchical_kd(student, teacher, frames, weights, projectors, kd.temperature, kd.blank_mode)
+                total = total + loss
+                parts.update({f"kd_{k}": v.detach() for k, v in p.items()})
         if use_smkd:
             loss = smkd_self_distill(out.logits["conv_main"], out.logits["main"], out.out_lengths, sm.temperature)
             total = total + sm.weight * loss

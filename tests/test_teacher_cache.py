@@ -138,14 +138,14 @@ def _ramp_cache(root: Path) -> Path:
 def _clock_teacher(root: Path, ds: CacheDataset) -> TeacherCache:
     """A hand-written teacher cache whose outputs are clocks: frame-rate t, step-rate 4k + 1.5 (window centre)."""
     d = root / "clock"
-    index = {"format": 1, "teacher_path": "clock", "teacher_fingerprint": "t", "data_fingerprint": "d", "data": {},
+    index = {"format": 2, "teacher_path": "clock", "teacher_fingerprint": "t", "data_fingerprint": "d", "data": {},
              "level": "main", "vocab_size": 1, "utts": {},
              "features": {"frame": {"rate": "frame", "dim": 1}, "temporal": {"rate": "step", "dim": 1}}}
     for u, t in zip(ds.utts, ds.lengths):
         steps = np.arange(max(1, t // 4)) * 4 + 1.5
         cache_lib.write_npz_atomic(d / f"{u.id}.npz", {
             "logits": steps[:, None].astype(np.float16), "temporal": steps[:, None].astype(np.float16),
-            "frame": np.arange(t, dtype=np.float16)[:, None]}, "t-d")
+            "frame": np.arange(t, dtype=np.float16)[:, None], "correct": np.array(True)}, "t-d")
         index["utts"][u.id] = t
     (d / "index.json").write_text(json.dumps(index))
     return TeacherCache(d)
