@@ -34,7 +34,7 @@ from models.train import DataConfig, TrainConfig
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "configs" / "recipes"
 METHODS = ("smkd", "crkd", "signkd", "kdmslrt")
-STAGE_DATA = ("sentences", "segments")
+STAGE_DATA = ("sentences", "segments", "sentences+segments")
 STUDENT_STREAMS = {"landmark": ("keypoints",), "rgb": ("rgb",), "lrinet": ("rgb",)}  # cache streams each kind reads
 LRINET_KEYS = ("lrinet_width", "lrinet_stem_repeats")  # LRINet sizes StudentConfig does not carry (yet)
 
@@ -92,7 +92,8 @@ class SMKDConfig:
 class StageConfig:
     name: str  # sub-folder of the run for this stage's checkpoints
     epochs: int  # epochs of this stage
-    data: str = "sentences"  # "sentences" | "segments" (SMKD: per-gloss clips cut by the previous stage's CTC alignment)
+    data: str = "sentences"  # "sentences" | "segments" (SMKD: per-gloss clips cut by the previous stage's CTC
+    #   alignment) | "sentences+segments" (both in one training set; no teacher outputs on such a stage)
     lr: float | None = None  # learning rate of this stage (default train.lr)
     level_weights: dict[str, float] | None = None  # CTC levels of this stage (default train.level_weights)
     distill: bool = True  # apply the recipe's KD/SMKD losses in this stage
@@ -228,7 +229,7 @@ def _parse(raw: dict[str, Any], stem: str, cache: str | None, epochs: int | None
     stages = tuple(_section(StageConfig, s, "stage") for s in (raw.get("stages") or ()))
     if len({s.name for s in stages}) != len(stages):
         raise ValueError(f"stage names repeat: {[s.name for s in stages]}")
-    if stages and stages[0].data == "segments":
+    if stages and stages[0].data != "sentences":
         raise ValueError("the first stage cannot train on segments: they are cut by a trained model's alignment")
     if epochs is not None:
         train = replace(train, epochs=int(epochs))

@@ -224,6 +224,26 @@ def gloss_segments(model: nn.Module, ds: CacheDataset, batch_size: int = 8) -> d
     return segments
 
 
+class MixedDataset(Dataset):
+    """Several training sets as one (e.g. sentences and their gloss segments); lengths concatenated."""
+
+    def __init__(self, *parts: Dataset) -> None:
+        self.parts = parts
+        self.lengths = [n for p in parts for n in p.lengths]
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def set_epoch(self, epoch: int) -> None:
+        for p in self.parts:
+            p.set_epoch(epoch)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.parts[k][i - int(self.starts[k])]
+
+
 class SegmentDataset(Dataset):
     """Per-gloss clips of a training split: each item is one span of one (augmented) utterance
     with that single gloss as its target (SMKD's gloss-segmentation stage)."""
@@ -367,7 +387,7 @@ def run_recipe(recipe: Recipe, out_dir: str | os.PathLike, teacher: str | None =
     prev_best: Path | None = None
     for k, stage in enumerate(stages):
         stage_dir = out_dir if len(stages) == 1 else out_dir / stage.name
-        distill_here = stage.distill and stage.data == "sentences"
+        distill_here = stage.distill and stage.data != "segments"  # KD/SMKD on sentences (+ their segments)
         tc = replace(recipe.train, epochs=stage.epochs, lr=stage.lr or recipe.train.lr,
                      level_weights=stage.level_weights or recipe.train.level_weights)
         stage_dc = dc
@@ -385,12 +405,20 @@ def run_recipe(recipe: Recipe, out_dir: str | os.PathLike, teacher: str | None =
             return model
 
         lm_aug = recipe.landmark_augment
-        teacher_here = tcache if (use_kd and distill_here) else None
+        teacher_here = tcache if (use_kd and stage.distill and stage.data == "sentences") else None
         if stage.data == "segments":
             segments = _segments(prev_best, recipe, stage_dc, out_dir / "segments.json")
 
             def wrap(ds: CacheDataset, segments=segments) -> Dataset:
                 return SegmentDataset(StudentDataset(ds, None, lm_aug), [u.id for u in ds.utts], segments)
+        elif stage.data == "sentences+segments":
+            segments = _segments(prev_best, recipe, stage_dc, out_dir / "segments.json")
+
+            def wrap(ds: CacheDataset, segments=segments) -> Dataset:
+                clean = CacheDataset(dc.cache, dc.dataset, dc.train_split, ds.streams,  # spans: no rescale
+                                     replace(dc.augment, time_scale=0.0), seed=ds.seed)
+                return MixedDataset(StudentDataset(ds, None, lm_aug),
+                                    SegmentDataset(StudentDataset(clean, None, lm_aug), [u.id for u in ds.utts], segments))
         else:
             def wrap(ds: CacheDataset, teacher_here=teacher_here) -> Dataset:
                 return StudentDataset(ds, teacher_here, lm_aug)

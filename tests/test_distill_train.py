@@ -71,7 +71,7 @@ def test_every_recipe_loads_and_states_the_paper():
         assert r.data.dataset == "synthsign" and r.data.augment.flip_prob == 0.0
         assert r.distills, name
     assert load_recipe("crkd").paper["alpha"] == 140 and load_recipe("crkd").paper["beta"] == 120
-    assert [s.data for s in load_recipe("smkd").stages] == ["sentences", "segments", "sentences"]
+    assert [s.data for s in load_recipe("smkd").stages] == ["sentences", "sentences+segments"]
     assert load_recipe("kdmslrt").correction is not None and load_recipe("kdmslrt").landmark_augment is not None
     assert load_recipe("signkd_rgb").kind == "rgb" and load_recipe("signkd_landmark").kind == "landmark"
 
@@ -138,18 +138,29 @@ def test_kd_loss_reaches_the_student(cache, teacher, tmp_path):
 
 def test_other_recipes_run_one_epoch(cache, teacher, tmp_path):
     rgb_teacher = make_teacher(tmp_path / "rgb.pt", cache, streams=("rgb",), fusion="none")
+    # smkd: every kind of stage (segments alone with the frame-level cross-entropy, then both together)
+    smkd_stages = [{"name": "sentences", "epochs": 1},
+                   {"name": "segments", "data": "segments", "epochs": 1, "level_weights": {"conv_main": 1.0},
+                    "segment_ce": 1.0},
+                   {"name": "mixed", "data": "sentences+segments", "epochs": 1}]
     for name, t in (("signkd_landmark", teacher), ("signkd_rgb", teacher), ("crkd", rgb_teacher), ("smkd", None)):
-        args = ["--recipe", str(tiny_recipe(name, tmp_path, cache)), "--out", str(tmp_path / name), "--device", "cpu"]
+        changes = {"stages": smkd_stages} if name == "smkd" else {}
+        args = ["--recipe", str(tiny_recipe(name, tmp_path, cache, **changes)), "--out", str(tmp_path / name),
+                "--device", "cpu"]
         assert dt.main(args + (["--teacher", str(t)] if t else [])) == 0, name
         res = json.loads((tmp_path / name / "results.json").read_text())
         assert res["mode"] == "kd" and "dev" in res["splits"], name
     assert (tmp_path / "smkd" / "segments.json").is_file()
-    for stage in ("sentences", "segments", "finetune"):
+    for stage in ("sentences", "segments", "mixed"):
         assert (tmp_path / "smkd" / stage / "best.pt").is_file()
+    segments = json.loads((tmp_path / "smkd" / "segments.json").read_text())
+    for uid, spans in segments.items():  # spans tile each clip, one per gloss, in order
+        assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
     seg_metrics = json.loads((tmp_path / "smkd" / "segments" / "metrics.jsonl").read_text().splitlines()[0])
-    assert set(seg_metrics["train_levels"]) == {"conv_main"}
-    ft = json.loads((tmp_path / "smkd" / "finetune" / "metrics.jsonl").read_text().splitlines()[0])
-    assert "smkd" in ft["train_levels"]
+    assert set(seg_metrics["train_levels"]) == {"conv_main", "segment_ce"}
+    mixed = json.loads((tmp_path / "smkd" / "mixed" / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"main", "conv_main", "smkd"} == set(mixed["train_levels"])
+    assert (tmp_path / "smkd" / "best.pt").read_bytes() == (tmp_path / "smkd" / "mixed" / "best.pt").read_bytes()
     assert load_checkpoint(tmp_path / "crkd" / "best.pt")["student_config"]["lrinet_width"] == 0.0625
 
 
