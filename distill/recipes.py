@@ -36,7 +36,6 @@ RECIPE_DIR = Path(__file__).resolve().parents[1] / "configs" / "recipes"
 METHODS = ("smkd", "crkd", "signkd", "kdmslrt")
 STAGE_DATA = ("sentences", "segments", "sentences+segments")
 STUDENT_STREAMS = {"landmark": ("keypoints",), "rgb": ("rgb",), "lrinet": ("rgb",)}  # cache streams each kind reads
-LRINET_KEYS = ("lrinet_width", "lrinet_stem_repeats")  # LRINet sizes StudentConfig does not carry (yet)
 
 
 @dataclass(frozen=True)
@@ -117,7 +116,7 @@ class Recipe:
     name: str  # recipe name (file stem): default output exp/students/<name>
     method: str  # "smkd" | "crkd" | "signkd" | "kdmslrt"
     data: DataConfig  # cache, dataset, augmentation; streams follow the student kind
-    student: dict[str, Any]  # StudentConfig fields (+ LRINET_KEYS)
+    student: dict[str, Any]  # StudentConfig fields
     train: TrainConfig  # optimizer, schedule, CTC level weights (per stage overrides in stages)
     teacher: TeacherSpec | None = None  # None: no teacher (SMKD distils itself)
     kd: KDConfig = field(default_factory=KDConfig)
@@ -152,9 +151,8 @@ class Recipe:
 
 
 def student_config(d: dict[str, Any]) -> StudentConfig:
-    """The StudentConfig of a recipe's student dict (LRINet extras set aside)."""
-    known = {f.name for f in fields(StudentConfig)}
-    return StudentConfig.from_dict({k: v for k, v in d.items() if k in known or k not in LRINET_KEYS})
+    """The StudentConfig of a recipe's student dict."""
+    return StudentConfig.from_dict(dict(d))
 
 
 def _section(cls: type, d: Any, name: str) -> Any:
@@ -211,9 +209,6 @@ def _parse(raw: dict[str, Any], stem: str, cache: str | None, epochs: int | None
     if kind not in STUDENT_KINDS:
         raise ValueError(f"unknown student kind {kind!r}; choose one of {STUDENT_KINDS}")
     student_config(student)  # validates the StudentConfig fields
-    extras = [k for k in LRINET_KEYS if k in student]
-    if extras and kind != "lrinet":
-        raise ValueError(f"student options {extras} apply to kind 'lrinet' only")
 
     data = dict(raw["data"])
     if "streams" in data and tuple(data["streams"]) != STUDENT_STREAMS[kind]:

@@ -29,7 +29,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -40,14 +40,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from distill.losses import FeatureProjector, ctc_alignment_segments, hierarchical_kd, smkd_self_distill
-from distill.recipes import LRINET_KEYS, Recipe, StageConfig, load_recipe, recipe_dict, student_config
+from distill.recipes import Recipe, StageConfig, load_recipe, recipe_dict, student_config
 from distill.teacher_cache import (StudentDataset, TeacherCache, prepare_teacher_cache, probe, student_collate,
                                    teacher_fingerprint)
 from models.base import TIME_REDUCTION, InputSpec, ModelOutput
 from models.checkpoint import check_compatible, checkpoint_streams, load_checkpoint, load_model
 from models.data import BucketBatchSampler, CacheDataset, collate, input_spec
-from models.lrinet import LRINet, LRINetConfig
-from models.students import StudentConfig, build_student
+from models.students import build_student
 from models.train import RunConfig, TrainHooks, TrainingStopped, load_config, train
 from preprocess import cache as cache_lib
 from preprocess.manifest import atomic_write_text
@@ -60,24 +59,8 @@ log = logging.getLogger("distill.train")  # not __name__: that is "__main__" und
 
 
 def build_recipe_student(student: dict[str, Any], vocab_size: int, spec: InputSpec) -> nn.Module:
-    """The recipe's student; LRINet's width/stem extras are honoured even where StudentConfig lacks them."""
-    cfg = student_config(student)
-    extras = {k: student[k] for k in LRINET_KEYS if k in student}
-    if not extras or {f.name for f in fields(StudentConfig)} >= set(extras) or spec.rgb_size <= 0:
-        return build_student(cfg, vocab_size, spec)  # (also raises the one-line "needs RGB" error)
-    lcfg = LRINetConfig(input_size=cfg.input_size, grad_stop_p=cfg.grad_stop_p, dropout=cfg.dropout,
-                        width=float(extras.get("lrinet_width", 1.0)),
-                        stem_repeats=int(extras.get("lrinet_stem_repeats", 3)))
-    return LRINet(vocab_size, lcfg)
-
-
-def load_student(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a student checkpoint written by this trainer; eval mode."""
-    ckpt = load_checkpoint(path)
-    model = build_recipe_student(dict(ckpt.get("student_config") or ckpt["model_config"]), len(ckpt["vocab"]),
-                                 InputSpec(**ckpt["input_spec"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt
+    """The recipe's student (its dict is a ``StudentConfig``), for a cache whose inputs ``spec`` describes."""
+    return build_student(student_config(student), vocab_size, spec)
 
 
 # --------------------------------------------------------------------------------- teacher
@@ -291,7 +274,7 @@ def evaluate_run(recipe: Recipe, best: Path, out_dir: Path, kd: bool) -> dict[st
     from preprocess.manifest import read_manifest
 
     dc = recipe.data
-    model, ckpt = load_student(best)
+    model, ckpt = load_model(best)
     rules = recipe.train.rules
     manifest = read_manifest(cache_lib.dataset_dir(dc.cache, dc.dataset) / "manifest.jsonl")
     refs = {u.id: list(u.glosses) for u in manifest}
@@ -454,7 +437,7 @@ def _segments(stage_best: Path | None, recipe: Recipe, dc, path: Path) -> dict[s
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     assert stage_best is not None
-    model, ckpt = load_student(stage_best)
+    model, ckpt = load_model(stage_best)
     ds = CacheDataset(dc.cache, dc.dataset, dc.train_split, recipe.streams, augment=None,
                       crop_size=dc.augment.crop_size)
     segments = gloss_segments(model, ds, recipe.train.batch_size)

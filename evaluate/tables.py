@@ -308,11 +308,9 @@ def train_command(recipe: str, kd: bool, runs: Path, cache: str) -> str:
 
 
 def _load_student(best: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A student rebuilt the way its trainer builds it (LRINet width extras included)."""
-    try:
-        from distill.train import load_student
-    except ImportError:  # distill not importable: the checkpoint's own config still rebuilds most students
-        from models.checkpoint import load_model as load_student
+    """A student rebuilt from its checkpoint's own config (``models.checkpoint.load_model``)."""
+    from models.checkpoint import load_model as load_student
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return load_student(best)

@@ -50,6 +50,8 @@ class StudentConfig:
     lstm_layers: int = 1  # rgb: BiLSTM layers
     input_size: int = 72  # lrinet: input side r (56, 72, 88, 104); other cached sizes are resized
     grad_stop_p: float = 0.0  # lrinet: CRKD stochastic gradient stopping probability per frame
+    lrinet_width: float = 1.0  # lrinet: channel-width multiplier (1.0 is the paper's card; CPU scale e.g. 1/16)
+    lrinet_stem_repeats: int = 3  # lrinet: split-kernel (1x3, 3x1) pairs per stem stage (paper: 3)
     dropout: float = 0.1  # dropout inside the student
 
     def __post_init__(self) -> None:
@@ -69,7 +71,13 @@ class StudentConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"student dropout must be in [0, 1), got {self.dropout}")
         if self.kind == "lrinet":
-            LRINetConfig(input_size=self.input_size, grad_stop_p=self.grad_stop_p)  # validates both
+            self.lrinet_config()  # validates the LRINet fields
+        elif (self.lrinet_width, self.lrinet_stem_repeats) != (1.0, 3):
+            raise ValueError(f"lrinet_width and lrinet_stem_repeats apply to kind 'lrinet' only, not {self.kind!r}")
+
+    def lrinet_config(self) -> LRINetConfig:
+        return LRINetConfig(input_size=self.input_size, grad_stop_p=self.grad_stop_p, dropout=self.dropout,
+                            width=float(self.lrinet_width), stem_repeats=int(self.lrinet_stem_repeats))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -238,7 +246,7 @@ def build_student(cfg: StudentConfig, vocab_size: int, spec: InputSpec) -> nn.Mo
         )
     if cfg.kind == "rgb":
         return RGBStudent(vocab_size, cfg)
-    return LRINet(vocab_size, LRINetConfig(input_size=cfg.input_size, grad_stop_p=cfg.grad_stop_p, dropout=cfg.dropout))
+    return LRINet(vocab_size, cfg.lrinet_config())
 
 
 # --------------------------------------------------------------------------------------------

@@ -162,6 +162,12 @@ def test_other_recipes_run_one_epoch(cache, teacher, tmp_path):
     assert {"main", "conv_main", "smkd"} == set(mixed["train_levels"])
     assert (tmp_path / "smkd" / "best.pt").read_bytes() == (tmp_path / "smkd" / "mixed" / "best.pt").read_bytes()
     assert load_checkpoint(tmp_path / "crkd" / "best.pt")["student_config"]["lrinet_width"] == 0.0625
+    # the generic loader (evaluate.eval, export, tables) rebuilds the narrow LRINet from its checkpoint
+    lrinet, _ = load_model(tmp_path / "crkd" / "best.pt")
+    assert lrinet.cfg.width == 0.0625 and lrinet.cfg.stem_repeats == 1
+    from evaluate.eval import main as eval_main
+    assert eval_main(["--ckpt", str(tmp_path / "crkd" / "best.pt"), "--cache", str(cache), "--dataset", DATASET,
+                      "--split", "dev", "--out", str(tmp_path / "crkd_eval")]) == 0
 
 
 # --------------------------------------------------------------------------- bad input

@@ -237,6 +237,14 @@ def test_build_student_refuses_missing_inputs_and_bad_configs() -> None:
     assert StudentConfig.from_dict(StudentConfig(kind="rgb").to_dict()) == StudentConfig(kind="rgb")
     lrinet = build_student(StudentConfig(kind="lrinet", input_size=56), 5, InputSpec(rgb_size=64))
     assert isinstance(lrinet, LRINet) and lrinet.cfg.input_size == 56
+    narrow = build_student(StudentConfig(kind="lrinet", input_size=56, lrinet_width=0.0625, lrinet_stem_repeats=1),
+                           5, InputSpec(rgb_size=64))
+    assert narrow.cfg.width == 0.0625 and narrow.cfg.stem_repeats == 1
+    assert count_params(narrow) < count_params(lrinet) / 50  # ~ width^2 fewer weights
+    with pytest.raises(ValueError, match="apply to kind 'lrinet' only"):
+        StudentConfig(kind="rgb", lrinet_width=0.5)
+    with pytest.raises(ValueError, match="LRINet width must be in"):
+        StudentConfig(kind="lrinet", lrinet_width=0.0)
 
 
 # ---- augmentations ---------------------------------------------------------------------------
