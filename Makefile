@@ -68,6 +68,9 @@ bench: setup
 		$(PY) -m evaluate.speed --ckpt $(STUDENT) --onnx $(OUT)/bench_student.onnx --repeats 50 \
 			$(if $(wildcard ../shared/clips/wlasl_68011_book.mp4),--live ../shared/clips/wlasl_68011_book.mp4) --json $(OUT)/bench_speed.json; \
 	else echo "bench: no $(STUDENT) yet (make demo trains it); skipping the student speed figures"; fi
+	@if [ -d $(OUT)/teachers ] || [ -d $(OUT)/students ]; then \
+		$(PY) -m evaluate.tables all --cache $(CACHE) --out $(OUT)/bench_tables.md --json $(OUT)/bench_tables.json; \
+	else echo "bench: no trained teachers or students under $(OUT) (make teacher / make student); skipping the tables"; fi
 
 clean-cache:
 	rm -rf $(CACHE)

@@ -5,7 +5,7 @@ distillation methods need a corpus where each modality matters. So the generator
 cartoon signer with OpenCV and writes, per utterance, an mp4 video plus landmarks in the
 MediaPipe Holistic layout that agree with the drawing, as a *custom corpus*:
 
-    <out>/corpus.csv              id|split|signer|glosses|video
+    <out>/corpus.csv              id|split|signer|glosses|video|fps
     <out>/videos/<id>.mp4         mp4v, ``fps``, frame_size x frame_size
     <out>/keypoints/<id>.npz      keypoints float32 [T, 543, 3], mask bool [T, 543]
     <out>/alignments.jsonl        true gloss spans per utterance (for checking CTC alignments)
@@ -1164,8 +1164,8 @@ def _write_corpus(cfg: SynthConfig, root: Path, progress: bool) -> None:
     finally:
         if bar:
             bar.stop()
-    rows = ["id|split|signer|glosses|video"]
-    rows += [f"{it.id}|{it.split}|{signers[it.signer].name}|{' '.join(it.glosses)}|videos/{it.id}.mp4"
+    rows = ["id|split|signer|glosses|video|fps"]
+    rows += [f"{it.id}|{it.split}|{signers[it.signer].name}|{' '.join(it.glosses)}|videos/{it.id}.mp4|{cfg.fps}"
              for it in items]
     (root / "corpus.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     (root / "alignments.jsonl").write_text(

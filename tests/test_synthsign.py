@@ -29,7 +29,7 @@ def clean(tmp_path_factory) -> tuple[ss.SynthConfig, Path]:
 
 def _rows(root: Path) -> list[dict[str, str]]:
     lines = (root / "corpus.csv").read_text(encoding="utf-8").splitlines()
-    assert lines[0] == "id|split|signer|glosses|video"
+    assert lines[0] == "id|split|signer|glosses|video|fps"
     return [dict(zip(lines[0].split("|"), line.split("|"), strict=True)) for line in lines[1:]]
 
 
@@ -38,6 +38,7 @@ def test_tiny_corpus_layout(tiny):
     rows = _rows(root)
     assert [sum(r["split"] == s for r in rows) for s in ("train", "dev", "test")] == [
         cfg.num_train, cfg.num_dev, cfg.num_test]
+    assert {r["fps"] for r in rows} == {str(cfg.fps)}
     meta = json.loads((root / "synthsign.json").read_text())
     assert meta["format_version"] == ss.FORMAT_VERSION and meta["config"] == cfg.to_dict()
     vocab = {g["name"] for g in meta["lexicon"]}
