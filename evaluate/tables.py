@@ -383,6 +383,7 @@ def student_row(run: str | os.PathLike, recipe: str, kd: bool, s: Settings, runs
         except json.JSONDecodeError as e:
             row["notes"].append(f"{results_path}: unreadable ({e}); WERs decoded here")
     row["status"] = "done" if results else "no results.json (training unfinished?)"
+    row["epoch_s"] = {k: float(v) for k, v in (results.get("epoch_time_s") or {}).items()}  # per stage
     model, ckpt = _load_student(best)
     config = dict(ckpt.get("student_config") or ckpt["model_config"])
     spec = InputSpec(**ckpt["input_spec"])
@@ -425,6 +426,16 @@ def kd_beats_ctc(kd: dict[str, Any], ctc: dict[str, Any]) -> bool | None:
     return all(a < b for a, b in pairs)
 
 
+def epoch_ratio(kd: dict[str, Any], ctc: dict[str, Any]) -> float | None:
+    """Seconds per distillation epoch over seconds per CTC-only epoch (single-stage runs only:
+    a staged recipe's stages train on different data, e.g. SMKD's sentences + segments)."""
+    a, b = kd.get("epoch_s") or {}, ctc.get("epoch_s") or {}
+    if len(a) != 1 or len(b) != 1:
+        return None
+    (ta,), (tb,) = a.values(), b.values()
+    return ta / tb if tb > 0 else None
+
+
 def student_table(runs: str | os.PathLike, s: Settings, recipes: str | os.PathLike = RECIPE_DIR,
                   progress: bool = True) -> dict[str, Any]:
     """Two rows per recipe (CTC-only twin, distilled) and whether distillation won."""
@@ -444,37 +455,49 @@ def student_table(runs: str | os.PathLike, s: Settings, recipes: str | os.PathLi
                             "status": "error", "error": _one_line(e), "notes": [], "dev_wer": None, "test_wer": None,
                             "dev_corrected_wer": None, "test_corrected_wer": None}
         verdicts[name] = kd_beats_ctc(pair[True], pair[False])
+        pair[True]["epoch_ratio"] = epoch_ratio(pair[True], pair[False])
         pair[True]["kd_beats_ctc"] = verdicts[name]
         rows += [pair[False], pair[True]]
     return {"runs": str(runs), "recipes": str(recipes), "rows": rows, "kd_beats_ctc": verdicts}
 
 
+def _epoch(r: dict[str, Any]) -> str:
+    times = r.get("epoch_s") or {}
+    if not times:
+        return "-"
+    text = " / ".join(f"{t:.1f}" for t in times.values())
+    return text + (f" ({r['epoch_ratio']:.2f}x)" if r.get("epoch_ratio") else "")
+
+
 def students_markdown(table: dict[str, Any], s: Settings) -> str:
     f = s.frames
     lines = [f"| recipe | training | student | params | weights MB | int8 ONNX MB | ms / {f}-frame clip (torch) | "
-             f"ms / {f}-frame clip (int8) | dev WER | test WER | dev / test WER + text correction | KD beats CTC-only |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             f"ms / {f}-frame clip (int8) | s / epoch | dev WER | test WER | dev / test WER + text correction | "
+             "KD beats CTC-only |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     notes = []
     for r in table["rows"]:
         mode = "KD" if r["mode"] == "kd" else "CTC only"
         verdict = {True: "yes", False: "no", None: "-"}[r.get("kd_beats_ctc")] if r["mode"] == "kd" else ""
         if "command" in r or "error" in r:
             what = f"{r['status']}: `{r['command']}`" if "command" in r else f"error: {r['error']}"
-            lines.append(f"| {r['recipe']} | {mode} | {r['student']} | {what} | - | - | - | - | - | - | - | {verdict} |")
+            lines.append(f"| {r['recipe']} | {mode} | {r['student']} | {what} | - | - | - | - | - | - | - | - | {verdict} |")
             continue
         corr = "-"
         if r["dev_corrected_wer"] is not None or r["test_corrected_wer"] is not None:
             corr = f"{_fmt(r['dev_corrected_wer'])} / {_fmt(r['test_corrected_wer'])}"
         lines.append(f"| {r['recipe']} | {mode} | {r['student']} | {_params(r['parameters'])} | "
                      f"{_mb(r['weights_bytes'])} | {_mb(r['int8_bytes'])} | {_fmt(r['torch_ms'])} | "
-                     f"{_fmt(r['int8_ms'])} | {_fmt(r['dev_wer'])} | {_fmt(r['test_wer'])} | {corr} | {verdict} |")
+                     f"{_fmt(r['int8_ms'])} | {_epoch(r)} | {_fmt(r['dev_wer'])} | {_fmt(r['test_wer'])} | {corr} | {verdict} |")
         if r["status"] != "done":
             notes.append(f"- {r['recipe']} ({mode}): {r['status']}")
         notes += [f"- {r['recipe']} ({mode}): {n}" for n in r["notes"]]
     out = "\n".join(lines)
     out += (f"\n\nCPU: {cpu_name()}, {s.threads} thread(s), batch 1, {s.stat} of {s.repeats} runs. Weights MB: the "
             f"state dict alone (no optimizer state). WER: prefix beam search, beam {s.beam}. KD beats CTC-only: "
-            "lower WER than the CTC-only twin on dev and on test.")
+            "lower WER than the CTC-only twin on dev and on test. s / epoch: mean training seconds per epoch "
+            "(per stage for staged recipes; KD rows: ratio to the CTC-only twin's epoch, the teacher running "
+            "once beforehand into the teacher-output cache), from results.json, as measured while training.")
     if notes:
         out += "\n\n" + "\n".join(notes)
     return out

@@ -206,6 +206,15 @@ def test_kd_beats_ctc(a, b, want):
     assert tables.kd_beats_ctc({"dev_wer": a[0], "test_wer": a[1]}, {"dev_wer": b[0], "test_wer": b[1]}) is want
 
 
+def test_epoch_ratio_and_its_cell():
+    kd, ctc = {"epoch_s": {"main": 3.0}}, {"epoch_s": {"main": 2.5}}
+    assert tables.epoch_ratio(kd, ctc) == pytest.approx(1.2)
+    staged = {"epoch_s": {"sentences": 2.0, "mixed": 8.0}}
+    assert tables.epoch_ratio(staged, ctc) is None and tables.epoch_ratio(kd, {}) is None
+    assert tables._epoch({**kd, "epoch_ratio": 1.2}) == "3.0 (1.20x)"
+    assert tables._epoch(staged) == "2.0 / 8.0" and tables._epoch({}) == "-"
+
+
 def test_train_commands_for_the_default_layout():
     runs = tables.DEFAULT_STUDENT_RUNS
     assert tables.train_command("kdmslrt", True, runs, "cache") == "make student RECIPE=kdmslrt"
