@@ -119,6 +119,59 @@ def measure(model_or_session: Any, spec: InputSpec, frames: int = 200, threads: 
             "ms_min": fastest, "frames": frames, "threads": threads, "repeats": repeats}
 
 
+def training_clips_per_s(model: Any, ckpt: dict[str, Any], cache: str | os.PathLike, dataset: str | None = None,
+                         batches: int = 10, warmup: int = 1, threads: int | None = None) -> float:
+    """Training throughput of a checkpoint's model, clips per second, measured now.
+
+    Runs ``warmup + batches`` optimizer steps the way ``models.train`` does (its training split,
+    augmentation, batch size, level weights and optimizer, read from the checkpoint; data loading
+    in this process) and times the last ``batches``. Training logs record clips/s too, but
+    those depend on whatever else ran while the model trained; this figure is taken on the
+    machine as it is now (``make bench`` on an idle machine), on ``threads`` CPU threads (default:
+    every core, as training uses). The model is left in eval mode; its weights change (pass a
+    copy if they matter).
+    """
+    import torch
+
+    from models.data import AugmentConfig, BucketBatchSampler, CacheDataset, collate
+    from models.train import ctc_loss_levels, make_optimizer, TrainConfig
+
+    if batches < 1 or warmup < 0:
+        raise ValueError(f"batches must be >= 1 and warmup >= 0, got {batches}, {warmup}")
+    tc = TrainConfig(**{k: v for k, v in (ckpt.get("train_config") or {}).items()
+                        if k in TrainConfig.__dataclass_fields__})
+    data = ckpt.get("data_config") or {}
+    streams = list(ckpt.get("streams") or data.get("streams") or [])
+    aug = AugmentConfig(**(data.get("augment") or {}))
+    ds = CacheDataset(cache, dataset or (ckpt.get("cache") or {}).get("dataset") or data.get("dataset"),
+                      data.get("train_split", "train"), streams, aug, seed=int(tc.seed))
+    order = list(BucketBatchSampler(ds.lengths, tc.batch_size, shuffle=True, seed=int(tc.seed)))
+    if len(order) < warmup + batches:
+        raise ValueError(f"the training split has {len(order)} batches of {tc.batch_size}; "
+                         f"{warmup + batches} are needed to measure training speed")
+    opt = make_optimizer(model, tc)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    model.train()
+    try:
+        clips, t0 = 0, 0.0
+        for i, idx in enumerate(order[: warmup + batches]):
+            if i == warmup:
+                clips, t0 = 0, time.perf_counter()
+            inputs, lengths, targets, target_lengths, _ = collate([ds[j] for j in idx])
+            loss, _ = ctc_loss_levels(model(inputs, lengths), targets, target_lengths, tc.level_weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            clips += len(idx)
+        return clips / (time.perf_counter() - t0)
+    finally:
+        model.eval()
+        torch.set_num_threads(before)
+
+
 def _spec_inputs(spec: InputSpec) -> tuple[str, ...]:
     names = []
     if spec.rgb_size:

@@ -62,6 +62,7 @@ class Settings:
     warmup: int = 2  # untimed runs first
     onnx: bool = True  # students: export + int8-quantise to report the int8 file size and speed
     stat: str = "median"  # timing shown: "median" | "min" (min: the uncontended figure on a busy machine)
+    train_batches: int = 10  # teachers: training steps timed now for clips/s (0: the training log's median)
 
     def __post_init__(self) -> None:
         if self.stat not in STATS:
@@ -69,8 +70,8 @@ class Settings:
         for name in ("beam", "frames", "threads", "repeats"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.warmup < 0:
-            raise ValueError(f"warmup must be >= 0, got {self.warmup!r}")
+        if self.warmup < 0 or self.train_batches < 0:
+            raise ValueError(f"warmup and train_batches must be >= 0, got {self.warmup!r}, {self.train_batches!r}")
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -173,6 +174,14 @@ def teacher_row(run: str | os.PathLike, s: Settings) -> dict[str, Any]:
         "ms_per_clip": time_model(model, InputSpec(**ckpt["input_spec"]), model_input_names(cfg), s),
         "notes": [],
     }
+    row["train_clips_per_s_log"] = row["train_clips_per_s"]
+    if s.train_batches:
+        from evaluate.speed import training_clips_per_s
+
+        try:
+            row["train_clips_per_s"] = training_clips_per_s(model, ckpt, s.cache, s.dataset, s.train_batches)
+        except ERRORS as e:
+            row["notes"].append(f"training speed not measured ({_one_line(e)}); clips/s from the training log")
     del model
     for split in SPLITS:
         row[f"{split}_wer"], row[split] = None, None
@@ -268,8 +277,10 @@ def teachers_markdown(table: dict[str, Any], s: Settings) -> str:
         lines = [f"no trained teacher under {table['runs']} (a run folder with best.pt); train one with "
                  "`make teacher CONFIG=configs/teachers/<name>.yaml`"]
     out = "\n".join(lines)
-    out += (f"\n\nCPU: {cpu_name()}, {s.threads} thread(s), batch 1, {s.stat} of {s.repeats} runs; training clips/s: "
-            f"median over epochs (metrics.jsonl); WER: prefix beam search, beam {s.beam}.")
+    train = (f"{s.train_batches} training steps timed now (batch size, augmentation and optimizer of the run; "
+             f"{os.cpu_count()} threads)" if s.train_batches else "median over epochs (metrics.jsonl)")
+    out += (f"\n\nCPU: {cpu_name()}; ms / clip: {s.threads} thread(s), batch 1, {s.stat} of {s.repeats} runs; "
+            f"train clips/s: {train}; WER: prefix beam search, beam {s.beam}.")
     if table["skipped"]:
         out += "\nSkipped (no best.pt yet): " + ", ".join(Path(p).name for p in table["skipped"]) + "."
     if notes:
@@ -522,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     p.add_argument("--stat", choices=STATS, default="median",
                    help="timing reported: median (default) or min (steadier when other processes share the CPU)")
+    p.add_argument("--train-batches", type=int, default=10,
+                   help="teachers: training steps timed for clips/s (default 10; 0: the training log's median)")
     p.add_argument("--no-onnx", action="store_true", help="students: skip the int8 ONNX export (size and speed)")
     p.add_argument("--out", help="also write the markdown here")
     p.add_argument("--json", help="also write every figure as JSON here")
@@ -532,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         s = Settings(cache=args.cache, dataset=args.dataset, beam=args.beam, frames=args.frames,
                      threads=args.threads, repeats=args.repeats, warmup=args.warmup, onnx=not args.no_onnx,
-                     stat=args.stat)
+                     stat=args.stat, train_batches=args.train_batches)
         if not Path(args.cache).is_dir():
             raise FileNotFoundError(f"{args.cache}: no cache folder; pass --cache or run `make features` first")
         torch.set_num_threads(s.threads)

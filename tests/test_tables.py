@@ -68,7 +68,7 @@ def test_teacher_table_rows_match_independent_figures(teacher_runs, cache, tmp_p
     out_md, out_json = tmp_path / "t.md", tmp_path / "t.json"
     assert tables.main(["teachers", "--runs", str(teacher_runs), "--cache", str(cache), "--frames", "16",
                         "--repeats", "1", "--warmup", "0", "--out", str(out_md), "--json", str(out_json),
-                        "--quiet"]) == 0
+                        "--train-batches", "1", "--quiet"]) == 0
     table = json.loads(out_json.read_text())["teachers"]
     rows = {r["name"]: r for r in table["rows"]}
     assert list(rows) == ["kp", "kp_flow_late"]  # single streams first; the folder without best.pt skipped
@@ -79,7 +79,8 @@ def test_teacher_table_rows_match_independent_figures(teacher_runs, cache, tmp_p
         assert r["streams"] == streams and r["fusion"] == fusion and r["fused"] == (len(streams) > 1)
         assert r["parameters"] == count_parameters(model)
         metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        assert r["train_clips_per_s"] == pytest.approx(statistics.median(m["train_clips_per_s"] for m in metrics))
+        assert r["train_clips_per_s_log"] == pytest.approx(statistics.median(m["train_clips_per_s"] for m in metrics))
+        assert r["train_clips_per_s"] > 0 and r["train_clips_per_s"] != r["train_clips_per_s_log"], r["notes"]
         assert r["epochs"] == 1 and r["epochs_planned"] == 1 and not r["training"]
         assert r["ms_per_clip"] > 0
         for split in ("dev", "test"):
@@ -229,3 +230,16 @@ def test_bad_settings_and_missing_cache_are_one_line_errors(tmp_path, capsys):
     assert tables.main(["teachers", "--cache", str(tmp_path / "nope"), "--runs", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "nope" in err and "\n" not in err
+
+
+def test_training_speed_takes_real_optimizer_steps(teacher_runs, cache):
+    from evaluate.speed import training_clips_per_s
+
+    model, ckpt = load_model(teacher_runs / "kp" / "best.pt")
+    before = [p.detach().clone() for p in model.parameters()]
+    threads = torch.get_num_threads()
+    assert training_clips_per_s(model, ckpt, str(cache), batches=1, warmup=0, threads=1) > 0
+    assert not model.training and torch.get_num_threads() == threads  # both restored
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the weights moved
+    with pytest.raises(ValueError, match="batches of 3"):
+        training_clips_per_s(model, ckpt, str(cache), batches=10_000)
