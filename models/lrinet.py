@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -247,6 +248,34 @@ def stop_gradient_frames(x: Tensor, p: float, training: bool) -> Tensor:
     return torch.where(stop, x.detach(), x)
 
 
+def resize_matrix(src: int, dst: int) -> Tensor:
+    """[dst, src] matrix of the antialiased bilinear resize along one axis (PyTorch's / PIL's filter).
+
+    Output sample i sits at ``(i + 0.5) * src / dst`` in the input; when shrinking, the triangle
+    filter widens by the shrink factor so every input sample contributes (that is the
+    antialiasing); weights are normalised to sum to 1. Built in numpy so it is a constant in a
+    traced graph: ``F.interpolate(..., antialias=True)`` has no ONNX export, two matmuls do.
+    tests/test_students.py checks it against ``F.interpolate``.
+    """
+    scale = src / dst
+    support = max(scale, 1.0)  # bilinear: half-width 1 input sample, widened when shrinking
+    a = np.zeros((dst, src), dtype=np.float64)
+    for i in range(dst):
+        center = (i + 0.5) * scale
+        lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), src)
+        j = np.arange(lo, hi)
+        w = np.clip(1.0 - np.abs((j + 0.5 - center) / support), 0.0, None)
+        a[i, lo:hi] = w / w.sum()
+    return torch.from_numpy(a.astype(np.float32))
+
+
+def resize_antialiased(x: Tensor, size: int) -> Tensor:
+    """[N, C, H, W] -> [N, C, size, size], equal to bilinear ``F.interpolate`` with antialias (exportable)."""
+    a_h = resize_matrix(int(x.shape[-2]), size).to(x)  # [size, H] (int(): a constant when traced; H, W are fixed)
+    a_w = resize_matrix(int(x.shape[-1]), size).to(x)  # [size, W]
+    return torch.matmul(torch.matmul(a_h, x), a_w.t())  # [N, C, size, H] @ [H, W] ... -> [N, C, size, size]
+
+
 class LRINet(nn.Module):
     """CRKD's low-resolution student. forward({"rgb": [B, T, 3, r, r]}, lengths) -> ModelOutput.
 
@@ -276,7 +305,7 @@ class LRINet(nn.Module):
         r = self.cfg.input_size
         x = rgb.reshape(b * t, *rgb.shape[2:]).float()  # [B*T, 3, H, W]
         if x.shape[-2:] != (r, r):  # cached at another size: resize here rather than refuse
-            x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=True)
+            x = resize_antialiased(x, r)
         x = ((x - self.mean) / self.std).reshape(b, t, 3, r, r)  # [B, T, 3, r, r]
         side = FRAME_MAP
         if x.device.type == "meta" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():

@@ -204,3 +204,13 @@ def test_metadata_missing_is_one_clear_line(tmp_path, exported):
     junk.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="junk.onnx: not a readable ONNX model"):
         E.read_metadata(junk)
+
+
+def test_narrow_lrinet_exports_with_its_antialiased_resize(tmp_path):
+    """LRINet reading 64 px frames at r = 56 resizes inside the model; the export must carry it."""
+    cfg = StudentConfig(kind="lrinet", input_size=56, lrinet_width=0.0625, lrinet_stem_repeats=1, dropout=0.0)
+    spec = InputSpec(rgb_size=64)
+    torch.manual_seed(0)
+    model = build_student(cfg, len(VOCAB), spec).eval()
+    path = E.export_onnx(model, spec, VOCAB, cfg.to_dict(), tmp_path / "lrinet.onnx")
+    assert E.verify_onnx(path, model, spec, E.model_input_names(cfg.to_dict()), lengths=(9, 5)) < 1e-4

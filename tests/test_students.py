@@ -311,3 +311,12 @@ def test_affine_time_warp_and_point_drop() -> None:
     assert not d_mask[3, 1] and d_mask.sum() == mask.size - 1 and np.all(d_kp[3, 1] == 0)
     with pytest.raises(ValueError, match="time_warp must be in"):
         LandmarkAugmentConfig(time_warp=0.7)
+
+
+@pytest.mark.parametrize("shape, size", [((2, 3, 64, 64), 56), ((1, 3, 64, 80), 72), ((3, 1, 40, 40), 56), ((1, 3, 210, 260), 72)])
+def test_exportable_resize_equals_torch_antialiased_bilinear(shape, size) -> None:
+    from models.lrinet import resize_antialiased
+
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(size))
+    want = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    assert torch.allclose(resize_antialiased(x, size), want, atol=1e-5)
