@@ -41,10 +41,10 @@ def _run(name: str, entry, argv: list[str], timings: dict[str, float]) -> None:
         raise SystemExit(f"demo: stage {name!r} failed (exit {code}); fix the error above and rerun `make demo`")
 
 
-def _score(ckpt: Path, cache: str, out: Path, beam: int) -> dict[str, float]:
+def _score(ckpt: Path, cache: str, dataset: str, out: Path, beam: int) -> dict[str, float]:
     from evaluate.eval import evaluate
 
-    return {split: evaluate(ckpt, cache, DATASET, split, beam=beam, out=out / split).wer for split in ("dev", "test")}
+    return {split: evaluate(ckpt, cache, dataset, split, beam=beam, out=out / split).wer for split in ("dev", "test")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", default="cache", help="cache root")
     p.add_argument("--out", default="exp/demo", help="folder for checkpoints, CTMs and results.json")
     p.add_argument("--workers", type=int, default=2, help="feature-extraction processes")
+    p.add_argument("--dataset", default=DATASET,
+                   help="dataset name or YAML (default: the built-in synthsign; the teacher config and the "
+                        "recipe must name the same dataset)")
     p.add_argument("--teacher-config", default=TEACHER_CONFIG)
     p.add_argument("--recipe", default=RECIPE)
     p.add_argument("--teacher-epochs", type=int, default=TEACHER_EPOCHS, help="teacher training epochs")
@@ -61,13 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from distill.train import main as student_main
+    from preprocess.datasets import load_dataset_config
     from models.train import main as teacher_main
     from preprocess.features import main as features_main
 
     out = Path(args.out)
     timings: dict[str, float] = {}
     t0 = time.time()
-    _run("features", features_main, ["--dataset", DATASET, "--cache", args.cache, "--workers", str(args.workers)], timings)
+    dataset = load_dataset_config(args.dataset).name  # the cache folder the later stages read
+    _run("features", features_main, ["--dataset", args.dataset, "--cache", args.cache, "--workers", str(args.workers)],
+         timings)
     teacher_dir = out / "teacher"
     _run("teacher", teacher_main, ["--config", args.teacher_config, "--cache", args.cache, "--out", str(teacher_dir),
                                    "--epochs", str(args.teacher_epochs),
@@ -84,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         runs[label] = _final_checkpoint(sdir)
 
     print("\n== score", flush=True)
-    results = {label: _score(ckpt, args.cache, ckpt.parent / "eval", args.beam) for label, ckpt in runs.items()}
+    results = {label: _score(ckpt, args.cache, dataset, ckpt.parent / "eval", args.beam) for label, ckpt in runs.items()}
     total = time.time() - t0
     atomic_write_text(out / "results.json", json.dumps({"wer": results, "seconds": timings, "total_seconds": total},
                                                        indent=2) + "\n")
