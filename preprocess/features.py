@@ -888,6 +888,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("interrupted: finished files are kept; run the same command again to resume", markup=False)
         return 130
+    if rep.skipped and not (rep.done or rep.failed):  # a finished cache: one line, not a table of zeros
+        console.print(f"features: {args.dataset} (shard {args.shard}): all {rep.skipped} videos already cached "
+                      f"({_fmt_bytes(rep.cache_bytes)}); nothing to do", markup=False, soft_wrap=True)
+        return 0
     console.print(report_table(rep, f"features: {args.dataset} (shard {args.shard})"))
     if rep.done + rep.skipped == 0:
         if rep.failed:

@@ -55,13 +55,28 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def write_text_if_changed(path: str | os.PathLike, text: str) -> bool:
+    """``atomic_write_text`` unless the file already holds exactly ``text``; True when it wrote.
+
+    Re-running a finished stage then rewrites nothing: mtimes stay, and re-runs stay cheap.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == len(text.encode("utf-8")) and path.read_text(encoding="utf-8") == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write_text(path, text)
+    return True
+
+
 def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> None:
     utts = list(utts)
     ids = [u.id for u in utts]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise ValueError(f"{path}: duplicate utterance ids {dup}")
-    atomic_write_text(path, "".join(u.to_json() + "\n" for u in utts))
+    write_text_if_changed(path, "".join(u.to_json() + "\n" for u in utts))
 
 
 def read_manifest(path: str | os.PathLike, split: str | None = None) -> list[Utterance]:

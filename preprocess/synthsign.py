@@ -5,7 +5,7 @@ distillation methods need a corpus where each modality matters. So the generator
 cartoon signer with OpenCV and writes, per utterance, an mp4 video plus landmarks in the
 MediaPipe Holistic layout that agree with the drawing, as a *custom corpus*:
 
-    <out>/corpus.csv              id|split|signer|glosses|video|fps
+    <out>/corpus.csv              id|split|signer|glosses|video|fps|num_frames
     <out>/videos/<id>.mp4         mp4v, ``fps``, frame_size x frame_size
     <out>/keypoints/<id>.npz      keypoints float32 [T, 543, 3], mask bool [T, 543]
     <out>/alignments.jsonl        true gloss spans per utterance (for checking CTC alignments)
@@ -1164,9 +1164,11 @@ def _write_corpus(cfg: SynthConfig, root: Path, progress: bool) -> None:
     finally:
         if bar:
             bar.stop()
-    rows = ["id|split|signer|glosses|video|fps"]
-    rows += [f"{it.id}|{it.split}|{signers[it.signer].name}|{' '.join(it.glosses)}|videos/{it.id}.mp4|{cfg.fps}"
-             for it in items]
+    # num_frames spares the reader opening every keypoint file to count frames (fast re-runs)
+    frames_of = {r["id"]: r["num_frames"] for r in results}
+    rows = ["id|split|signer|glosses|video|fps|num_frames"]
+    rows += [f"{it.id}|{it.split}|{signers[it.signer].name}|{' '.join(it.glosses)}|videos/{it.id}.mp4|{cfg.fps}|"
+             f"{frames_of[it.id]}" for it in items]
     (root / "corpus.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     (root / "alignments.jsonl").write_text(
         "".join(json.dumps({"id": r["id"], "num_frames": r["num_frames"], "spans": r["spans"]}) + "\n"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from preprocess.manifest import atomic_write_text
+from preprocess.manifest import write_text_if_changed
 
 BLANK = "<blank>"
 
@@ -51,7 +51,7 @@ class Vocabulary:
         return [self.tokens[i] for i in ids if i != 0]
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(path, json.dumps({"tokens": list(self.tokens)}, ensure_ascii=False, indent=0))
+        write_text_if_changed(path, json.dumps({"tokens": list(self.tokens)}, ensure_ascii=False, indent=0))
 
     @staticmethod
     def load(path: str | Path) -> "Vocabulary":

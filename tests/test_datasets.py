@@ -520,3 +520,16 @@ def test_unknown_names(tmp_path):
 def test_cli_reports_errors(tmp_path, capsys):
     assert main(["custom", "--out", str(tmp_path / "o"), "--data-root", str(tmp_path / "nothing")]) == 2
     assert "corpus.csv" in capsys.readouterr().err
+
+
+def test_write_text_if_changed_leaves_identical_files_alone(tmp_path):
+    import os
+
+    from preprocess.manifest import write_text_if_changed
+
+    path = tmp_path / "sub" / "m.jsonl"
+    assert write_text_if_changed(path, "a\n") is True and path.read_text() == "a\n"
+    os.utime(path, ns=(1, 1))
+    assert write_text_if_changed(path, "a\n") is False and path.stat().st_mtime_ns == 1  # untouched
+    assert write_text_if_changed(path, "b\n") is True and path.read_text() == "b\n"
+    assert write_text_if_changed(path, "bé\n") is True and path.read_text(encoding="utf-8") == "bé\n"

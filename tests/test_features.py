@@ -184,7 +184,7 @@ def test_round_trip_rerun_skips_and_config_change_rebuilds(tmp_path, capsys):
     # a second run skips everything and writes nothing
     before = snapshot(out)
     assert run(c, out) == 0
-    assert "0 / 3 / 0" in capsys.readouterr().out
+    assert "all 3 videos already cached" in capsys.readouterr().out
     assert snapshot(out) == before
 
     # a different rgb_size makes every file stale: all rebuilt, with the new size

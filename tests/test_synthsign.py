@@ -29,7 +29,7 @@ def clean(tmp_path_factory) -> tuple[ss.SynthConfig, Path]:
 
 def _rows(root: Path) -> list[dict[str, str]]:
     lines = (root / "corpus.csv").read_text(encoding="utf-8").splitlines()
-    assert lines[0] == "id|split|signer|glosses|video|fps"
+    assert lines[0] == "id|split|signer|glosses|video|fps|num_frames"
     return [dict(zip(lines[0].split("|"), line.split("|"), strict=True)) for line in lines[1:]]
 
 
@@ -61,7 +61,7 @@ def test_tiny_corpus_layout(tiny):
         assert 20 <= t <= 80
         # True gloss spans are ordered, inside the clip, and name the sentence's glosses.
         sp = spans[r["id"]]["spans"]
-        assert [s[0] for s in sp] == words and spans[r["id"]]["num_frames"] == t
+        assert [s[0] for s in sp] == words and spans[r["id"]]["num_frames"] == t == int(r["num_frames"])
         bounds = [b for s in sp for b in s[1:]]
         assert bounds == sorted(bounds) and 0 < bounds[0] and bounds[-1] < t
     assert (root / ".done").is_file()
