@@ -32,7 +32,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -318,15 +317,6 @@ def train_command(recipe: str, kd: bool, runs: Path, cache: str) -> str:
     return cmd
 
 
-def _load_student(best: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A student rebuilt from its checkpoint's own config (``models.checkpoint.load_model``)."""
-    from models.checkpoint import load_model as load_student
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return load_student(best)
-
-
 def student_wer(model: torch.nn.Module, ckpt: dict[str, Any], cache: str, dataset: str | None, split: str,
                 beam: int, out: Path) -> dict[str, Any]:
     """Decode and score one split with an already loaded student (what ``evaluate.eval.evaluate`` does,
@@ -376,6 +366,7 @@ def student_row(run: str | os.PathLike, recipe: str, kd: bool, s: Settings, runs
     from evaluate.export import model_input_names
     from models.base import InputSpec
     from models.build import count_parameters
+    from models.checkpoint import load_model
 
     run = Path(run)
     row: dict[str, Any] = {"recipe": recipe, "mode": "kd" if kd else "ctc", "run": str(run), "student": kind,
@@ -395,7 +386,7 @@ def student_row(run: str | os.PathLike, recipe: str, kd: bool, s: Settings, runs
             row["notes"].append(f"{results_path}: unreadable ({e}); WERs decoded here")
     row["status"] = "done" if results else "no results.json (training unfinished?)"
     row["epoch_s"] = {k: float(v) for k, v in (results.get("epoch_time_s") or {}).items()}  # per stage
-    model, ckpt = _load_student(best)
+    model, ckpt = load_model(best)
     config = dict(ckpt.get("student_config") or ckpt["model_config"])
     spec = InputSpec(**ckpt["input_spec"])
     row.update(student=str(results.get("student") or config.get("kind", kind)), checkpoint=str(best),
