@@ -47,7 +47,7 @@ from models.base import TIME_REDUCTION, InputSpec, ModelOutput
 from models.checkpoint import check_compatible, checkpoint_streams, load_checkpoint, load_model
 from models.data import BucketBatchSampler, CacheDataset, collate, input_spec
 from models.students import build_student
-from models.train import RunConfig, TrainHooks, TrainingStopped, load_config, train
+from models.train import RunConfig, TrainHooks, TrainingStopped, load_config, read_metrics, train
 from preprocess import cache as cache_lib
 from preprocess.manifest import atomic_write_text
 from preprocess.vocab import Vocabulary
@@ -451,11 +451,9 @@ def _epoch_times(out_dir: Path, stages: Sequence[StageConfig]) -> dict[str, floa
     """Mean training seconds per epoch of every stage (metrics.jsonl)."""
     times: dict[str, float] = {}
     for stage in stages:
-        m = (out_dir if len(stages) == 1 else out_dir / stage.name) / "metrics.jsonl"
-        if m.is_file():
-            rows = [json.loads(x) for x in m.read_text().splitlines() if x]
-            if rows:
-                times[stage.name] = round(float(np.mean([r["train_time_s"] for r in rows])), 3)
+        rows = read_metrics((out_dir if len(stages) == 1 else out_dir / stage.name) / "metrics.jsonl")
+        if rows:
+            times[stage.name] = round(float(np.mean([r["train_time_s"] for r in rows])), 3)
     return times
 
 

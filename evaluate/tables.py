@@ -76,20 +76,6 @@ class Settings:
 # ------------------------------------------------------------------------------- helpers
 
 
-def read_metrics(run: Path) -> list[dict[str, Any]]:
-    """The per-epoch records of a run's ``metrics.jsonl`` (empty when absent); a torn last line is skipped."""
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # written while we read it
-    return rows
-
-
 def median_clips_per_s(metrics: Sequence[dict[str, Any]]) -> float | None:
     """Median of ``train_clips_per_s`` over epochs: one epoch slowed by another process does not move it."""
     vals = [float(r["train_clips_per_s"]) for r in metrics if r.get("train_clips_per_s") is not None]
@@ -155,13 +141,14 @@ def teacher_row(run: str | os.PathLike, s: Settings) -> dict[str, Any]:
     from models.base import InputSpec
     from models.build import count_parameters
     from models.checkpoint import load_model
+    from models.train import read_metrics
 
     run = Path(run)
     best = run / "best.pt"
     model, ckpt = load_model(best)
     cfg = dict(ckpt["model_config"])
     streams = list(ckpt.get("streams") or cfg.get("streams") or [])
-    metrics = read_metrics(run)
+    metrics = read_metrics(run / "metrics.jsonl")
     planned = int((ckpt.get("train_config") or {}).get("epochs") or 0) or None
     trained = max((int(r["epoch"]) for r in metrics), default=int(ckpt.get("epoch") or 0))
     row: dict[str, Any] = {

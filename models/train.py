@@ -180,6 +180,21 @@ def level_weight(weights: dict[str, float], level: str) -> float:
     return next((w for pat, w in weights.items() if fnmatch.fnmatchcase(level, pat)), 0.0)
 
 
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The per-epoch records of a ``metrics.jsonl`` (empty when absent); a torn line (written while
+    being read) is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 def ctc_loss_levels(out: ModelOutput, targets: Tensor, target_lengths: Tensor,
                     weights: dict[str, float]) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted sum of CTC losses over the model's output levels.

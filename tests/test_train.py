@@ -286,3 +286,10 @@ def test_eval_reads_student_checkpoints(cache, tmp_path, capsys):
     assert eval_main(["--ckpt", str(tmp_path / "student.pt"), "--cache", str(cache), "--split", "dev",
                       "--beam", "1", "--out", str(tmp_path / "ev")]) == 0
     assert "WER" in capsys.readouterr().out and (tmp_path / "ev" / "dev.ctm").is_file()
+
+
+def test_read_metrics_skips_a_torn_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    assert train_mod.read_metrics(path) == []  # no file yet
+    path.write_text('{"epoch": 1, "train_time_s": 2.0}\n{"epoch": 2, "train_time_s": 3.0}\n{"epoch": 3, "tra')
+    assert [r["epoch"] for r in train_mod.read_metrics(path)] == [1, 2]
