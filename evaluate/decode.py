@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -199,4 +200,134 @@ def beam_decode(
             continue
         best = prefix_beam_search(lp[i, :n], beam, lm, lm_weight, insertion_bonus, tokens, blank, token_topk)
         out.append(list(best[0][0]))
+    return out
+
+
+# --- timing: where each decoded gloss sits in the clip ------------------------------------------
+
+
+def ctc_segments(best: np.ndarray, blank: int = 0) -> list[tuple[int, int]]:
+    """Greedy CTC path -> ``(token, first step)`` per emitted gloss (repeats merged, blanks dropped).
+
+    Args:
+        best: [T'] argmax ids of the valid output steps.
+    """
+    segs: list[tuple[int, int]] = []
+    prev = -1
+    for step, tok in enumerate(np.asarray(best).tolist()):
+        if tok != blank and tok != prev:
+            segs.append((tok, step))
+        prev = tok
+    return segs
+
+
+def ctc_viterbi(log_probs: np.ndarray, labels: Sequence[int], blank: int = 0) -> np.ndarray:
+    """Best single CTC path that spells ``labels``: the label index (0..L-1) each step belongs to, -1 on blanks.
+
+    The decoders return a labelling, not a path; timing needs the path, so the labelling is
+    force-aligned. For the greedy labelling this is the argmax path itself (up to ties).
+
+    Args:
+        log_probs: [T, V] log-probabilities of the valid steps.
+        labels: the decoded token ids (L of them, no blank).
+
+    Returns:
+        int [T]: label position per step, -1 where the path is on a blank.
+    """
+    t_len = log_probs.shape[0]
+    labels = list(labels)
+    need = len(labels) + sum(a == b for a, b in zip(labels, labels[1:]))  # a repeat needs a blank between
+    if t_len < need:
+        raise ValueError(f"{len(labels)} labels cannot be aligned to {t_len} output steps")
+    if not labels:
+        return np.full(t_len, -1, dtype=np.int64)
+    ext = [blank]
+    for c in labels:
+        ext += [c, blank]  # 2L + 1 states: blank, l1, blank, l2, ..., blank
+    s_len = len(ext)
+    ext_a = np.array(ext)
+    emit = log_probs[:, ext_a]  # [T, S]
+    # a state may skip the blank before it when it is a label different from the label two back
+    skip = np.zeros(s_len, dtype=bool)
+    skip[2:] = (ext_a[2:] != blank) & (ext_a[2:] != ext_a[:-2])
+    score = np.full(s_len, NEG_INF)
+    score[0] = emit[0, 0]
+    if s_len > 1:
+        score[1] = emit[0, 1]
+    back = np.zeros((t_len, s_len), dtype=np.int8)  # 0 stay, 1 from s-1, 2 from s-2
+    for t in range(1, t_len):
+        stay = score
+        one = np.concatenate([[NEG_INF], score[:-1]])
+        two = np.where(skip, np.concatenate([[NEG_INF, NEG_INF], score[:-2]]), NEG_INF)
+        cand = np.stack([stay, one, two])  # [3, S]
+        back[t] = cand.argmax(0)
+        score = cand.max(0) + emit[t]
+    ends = [s_len - 1, s_len - 2] if s_len > 1 else [0]
+    s = max(ends, key=lambda e: score[e])
+    if score[s] == NEG_INF:
+        raise ValueError(f"{len(labels)} labels cannot be aligned to {t_len} output steps")
+    path = np.empty(t_len, dtype=np.int64)
+    for t in range(t_len - 1, -1, -1):
+        path[t] = s
+        s -= int(back[t, s])
+    return np.where(path % 2 == 1, path // 2, -1)
+
+
+@dataclass(frozen=True)
+class TimedGloss:
+    """One decoded gloss placed in time (output steps: frames // the model's time reduction)."""
+
+    token: int
+    spike: int  # output step where its posterior peaks
+    start: int  # first output step of its segment
+    end: int  # one past its last output step
+    score: float  # the gloss's posterior at its spike, in [0, 1]
+
+    def seconds(self, fps: float, reduction: int, num_frames: int | None = None) -> tuple[float, float]:
+        """(start, end) in seconds of the source video; ``num_frames`` clips the last segment."""
+        lo, hi = self.start * reduction, self.end * reduction
+        if num_frames is not None:
+            hi = min(hi, num_frames)
+            lo = min(lo, max(hi - 1, 0))
+        return lo / fps, hi / fps
+
+
+def timed_glosses(log_probs: np.ndarray, labels: Sequence[int], blank: int = 0,
+                  pad: int = 2) -> list[TimedGloss]:
+    """Time segments of a decoded labelling: each gloss's spike run plus a neighbourhood.
+
+    A CTC gloss usually fires on one or two steps while the sign itself lasts longer, so each
+    segment is its aligned steps widened into the blank steps around it: up to ``pad`` steps
+    per side and never past the middle of the blank gap to the neighbouring gloss (segments
+    never overlap).
+
+    Args:
+        log_probs: [T, V] log-probabilities of the valid steps.
+        labels: decoded token ids (greedy or beam search, any labelling of these steps).
+        pad: most blank steps added on each side of a spike run.
+
+    Returns:
+        One :class:`TimedGloss` per label, in order.
+    """
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0 steps, got {pad}")
+    log_probs = np.asarray(log_probs, dtype=np.float64)
+    owner = ctc_viterbi(log_probs, labels, blank)
+    t_len = len(owner)
+    runs = []
+    for k, tok in enumerate(labels):
+        steps = np.flatnonzero(owner == k)
+        lo, hi = int(steps[0]), int(steps[-1]) + 1  # viterbi gives every label >= 1 step
+        spike = lo + int(np.argmax(log_probs[lo:hi, tok]))
+        runs.append((tok, spike, lo, hi, float(np.exp(log_probs[spike, tok]))))
+    out = []
+    for k, (tok, spike, lo, hi, sc) in enumerate(runs):
+        left_edge = runs[k - 1][3] if k > 0 else 0  # end of the previous run
+        right_edge = runs[k + 1][2] if k + 1 < len(runs) else t_len  # start of the next run
+        # the gap before this run is shared with the previous gloss: this one takes its right half
+        gap_l = lo - left_edge
+        take_l = min(pad, gap_l if k == 0 else gap_l // 2)
+        gap_r = right_edge - hi
+        take_r = min(pad, gap_r if k + 1 == len(runs) else (gap_r + 1) // 2)
+        out.append(TimedGloss(tok, spike, lo - take_l, hi + take_r, sc))
     return out

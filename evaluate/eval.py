@@ -2,10 +2,12 @@
 
     python -m evaluate.eval --ckpt runs/x/best.pt --cache cache --dataset synthsign --split dev
 
-Writes ``<out>/<split>.ctm`` (the official CTM format, so sclite or ``evaluate/wer.py`` can
-rescore it) and ``<out>/<split>.report.txt`` (per-utterance alignments), prints the WER line
-and returns the score. The checkpoint is checked against the cache first: a different
-vocabulary or extractor configuration is refused instead of producing a meaningless WER.
+Writes ``<out>/<split>.ctm`` (the official CTM format with each gloss's time in the clip, from
+its CTC spike), ``<out>/<split>.stm`` (the references it was scored against, so sclite or
+``evaluate/wer.py --hyp <split>.ctm --ref <split>.stm`` rescores it to the same WER) and
+``<out>/<split>.report.txt`` (per-utterance alignments), prints the WER line and returns the
+score. The checkpoint is checked against the cache first: a different vocabulary or extractor
+configuration is refused instead of producing a meaningless WER.
 """
 from __future__ import annotations
 
@@ -20,11 +22,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from evaluate.decode import GlossLM, beam_decode, greedy_decode
+from evaluate.decode import GlossLM, TimedGloss, beam_decode, greedy_decode, timed_glosses
+from models.base import TIME_REDUCTION
 from models.checkpoint import check_compatible, checkpoint_streams, load_model
 from models.data import BucketBatchSampler, CacheDataset, collate, meta_config
 from preprocess.cache import read_meta
-from preprocess.manifest import atomic_write_text
+from preprocess.device import DEVICE_CHOICES, resolve_device
+from preprocess.configs import UserError, print_user_error
+from preprocess.manifest import atomic_write_text, read_manifest
 from preprocess.vocab import Vocabulary
 
 
@@ -45,8 +50,11 @@ def decode_log_probs(log_probs: Tensor, lengths: Tensor, beam: int = 1, lm: Glos
 @torch.no_grad()
 def decode_dataset(model: nn.Module, dataset: CacheDataset, vocab: Vocabulary, device: str | torch.device = "cpu",
                    beam: int = 1, batch_size: int = 8, lm: GlossLM | None = None, lm_weight: float = 0.5,
-                   num_workers: int = 0) -> dict[str, list[str]]:
-    """Hypothesis glosses for every utterance of ``dataset``, decoded in length-sorted batches."""
+                   num_workers: int = 0, timings: dict[str, list[TimedGloss]] | None = None) -> dict[str, list[str]]:
+    """Hypothesis glosses for every utterance of ``dataset``, decoded in length-sorted batches.
+
+    ``timings``, when given, receives each utterance's glosses placed in time (output steps).
+    """
     model.eval()
     sampler = BucketBatchSampler(dataset.lengths, batch_size, shuffle=False)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
@@ -56,8 +64,11 @@ def decode_dataset(model: nn.Module, dataset: CacheDataset, vocab: Vocabulary, d
         log_probs = out.main.float().log_softmax(-1).cpu()  # [B, T', V]
         seqs = decode_log_probs(log_probs, out.out_lengths.cpu(), beam=beam, lm=lm, tokens=vocab.tokens,
                                 lm_weight=lm_weight)
-        for utt, seq in zip(ids, seqs):
+        for i, (utt, seq) in enumerate(zip(ids, seqs)):
             hyps[utt] = vocab.decode(seq)
+            if timings is not None:
+                n = int(out.out_lengths[i])
+                timings[utt] = timed_glosses(log_probs[i, :n].numpy(), seq)
     return {u.id: hyps[u.id] for u in dataset.utts}  # manifest order
 
 
@@ -71,7 +82,7 @@ def evaluate(ckpt: str | os.PathLike, cache: str | os.PathLike, dataset: str | N
     (for PHOENIX, whose official STMs are cleaner than the corpus annotation). ``dataset``
     defaults to the one the checkpoint was trained on.
     """
-    from evaluate.formats import read_transcripts, write_ctm
+    from evaluate.formats import format_timed_ctm, read_transcripts, write_stm
     from evaluate.wer import format_report, score
 
     ckpt = Path(ckpt)
@@ -92,11 +103,25 @@ def evaluate(ckpt: str | os.PathLike, cache: str | os.PathLike, dataset: str | N
         raise ValueError(f"{ds.root}: split {split!r} has no cached utterances to evaluate; "
                          f"check --split or run `make features DATASET={dataset}`")
     vocab = Vocabulary(tuple(state["vocab"]))
-    hyps = decode_dataset(model, ds, vocab, device, beam=beam, batch_size=batch_size, lm=lm, lm_weight=lm_weight)
-    refs = read_transcripts(ref) if ref else {u.id: list(u.glosses) for u in ds.utts}
+    timings: dict[str, list[TimedGloss]] = {}
+    hyps = decode_dataset(model, ds, vocab, device, beam=beam, batch_size=batch_size, lm=lm, lm_weight=lm_weight,
+                          timings=timings)
+    # Every utterance of the split is scored: one without a valid cache file is an [EMPTY] hypothesis
+    # (the official rule for a missing hypothesis), so the reference never shrinks.
+    refs = read_transcripts(ref) if ref else {u.id: list(u.glosses) for u in read_manifest(ds.root / "manifest.jsonl", split)}
+    missing = [u for u in refs if u not in hyps]
+    if missing:
+        print(f"warning: {ds.root}/{split}: {len(missing)} of {len(refs)} reference utterances have no valid cache "
+              f"file (e.g. {', '.join(missing[:3])}) and are scored as [EMPTY] hypotheses; rebuild them with "
+              f"`make features DATASET={dataset}`", file=sys.stderr)
     result = score(hyps, refs, rules)
     out = Path(out) if out else ckpt.parent / "eval"
-    write_ctm(out / f"{split}.ctm", hyps)
+    segments = {}
+    for u in ds.utts:  # seconds of the source video: the model's time reduction, then the clip's frame rate
+        segments[u.id] = [(vocab.tokens[g.token], *g.seconds(u.fps, TIME_REDUCTION, u.num_frames or None), g.score)
+                          for g in timings.get(u.id, [])]
+    atomic_write_text(out / f"{split}.ctm", format_timed_ctm(segments))
+    write_stm(out / f"{split}.stm", refs)  # what was scored against, so evaluate/wer.py can rescore the CTM
     atomic_write_text(out / f"{split}.report.txt", format_report(result) + "\n")
     return result
 
@@ -111,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="output folder (default <ckpt folder>/eval)")
     p.add_argument("--rules", choices=("none", "phoenix14", "phoenix14t"),
                    help="WER normalisation (default: the checkpoint's training rules)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--ref", help="reference STM/text file instead of the manifest's glosses")
     p.add_argument("--lm", help="gloss n-gram LM JSON (python -m evaluate.lm) for the beam search")
@@ -125,11 +150,10 @@ def main(argv: list[str] | None = None) -> int:
 
             lm = NGramLM.load(args.lm)
         result = evaluate(args.ckpt, args.cache, args.dataset, args.split, beam=args.beam, out=args.out,
-                          rules=args.rules, device=args.device, batch_size=args.batch_size, lm=lm,
+                          rules=args.rules, device=resolve_device(args.device), batch_size=args.batch_size, lm=lm,
                           lm_weight=args.lm_weight, ref=args.ref)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (UserError, ValueError, FileNotFoundError) as e:  # bad input: one line; anything else is a bug
+        return print_user_error(e)
     print(f"{args.split}: {result.summary()}")
     if args.json:
         print(json.dumps({"split": args.split, **result.to_dict()}))

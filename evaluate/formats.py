@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from preprocess.configs import UserError
 from preprocess.manifest import atomic_write_text
 
 CTM_STEP = 0.01  # synthetic duration of one gloss in a written CTM (glosses are 0.01 s apart)
@@ -19,7 +20,7 @@ STM_END = "1.79769e+308"  # segment end used by the official PHOENIX STMs ("unti
 IGNORE_SEGMENT = "IGNORE_TIME_SEGMENT_IN_SCORING"  # sclite's marker for a segment not scored
 
 
-class FormatError(ValueError):
+class FormatError(UserError):
     """A malformed hypothesis/reference file; the message is `<file>:<line>: <problem>`."""
 
 
@@ -165,6 +166,15 @@ def format_ctm(hyps: Mapping[str, Sequence[str]], step: float = CTM_STEP) -> str
 
 def write_ctm(path: str | os.PathLike, hyps: Mapping[str, Sequence[str]], step: float = CTM_STEP) -> None:
     atomic_write_text(path, format_ctm(hyps, step))
+
+
+def format_timed_ctm(segments: Mapping[str, Sequence[tuple[str, float, float, float]]]) -> str:
+    """CTM text with real times: ``segments`` maps id -> (gloss, start s, end s, confidence) in order."""
+    lines = []
+    for uid in sorted(segments):
+        for g, start, end, conf in segments[uid]:
+            lines.append(f"{uid} 1 {start:.3f} {max(end - start, 0.0):.3f} {g} {conf:.4f}")
+    return "".join(line + "\n" for line in lines)
 
 
 def format_stm(refs: Mapping[str, Sequence[str]], speakers: Mapping[str, str] | None = None) -> str:

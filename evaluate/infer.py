@@ -32,15 +32,16 @@ import os
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from evaluate.decode import ctc_segments
 from models.base import TIME_REDUCTION, InputSpec
-from preprocess.layouts import HOLISTIC_543
+from preprocess.layouts import HOLISTIC_543, LEFT_HAND, RIGHT_HAND
 
 Landmarks = tuple[np.ndarray, np.ndarray]  # keypoints float32 [K, 3], mask bool [K]
 FrameExtractor = Callable[[Any], Landmarks]  # one frame -> its landmarks
@@ -140,8 +141,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def decode(logits: np.ndarray, out_lengths: np.ndarray, vocab: Sequence[str], beam: int = 1) -> list[list[str]]:
-    """CTC-decode a batch into gloss strings: greedy for ``beam <= 1``, prefix beam search otherwise.
+def decode_ids(logits: np.ndarray, out_lengths: np.ndarray, beam: int = 1) -> list[list[int]]:
+    """CTC-decode a batch into token ids: greedy for ``beam <= 1``, prefix beam search otherwise.
 
     Args:
         logits: [B, T', V] model outputs.
@@ -153,23 +154,31 @@ def decode(logits: np.ndarray, out_lengths: np.ndarray, vocab: Sequence[str], be
 
     lp = torch.from_numpy(log_softmax(logits))
     lens = torch.as_tensor(np.asarray(out_lengths), dtype=torch.long)
-    ids = greedy_decode(lp, lens) if beam <= 1 else beam_decode(lp, lens, beam=beam)
-    return [[vocab[i] for i in row] for row in ids]
+    return greedy_decode(lp, lens) if beam <= 1 else beam_decode(lp, lens, beam=beam)
 
 
-def ctc_segments(best: np.ndarray, blank: int = 0) -> list[tuple[int, int]]:
-    """Greedy CTC path -> ``(token, first step)`` per emitted gloss (repeats merged, blanks dropped).
+def decode(logits: np.ndarray, out_lengths: np.ndarray, vocab: Sequence[str], beam: int = 1) -> list[list[str]]:
+    """CTC-decode a batch into gloss strings (see :func:`decode_ids`)."""
+    return [[vocab[i] for i in row] for row in decode_ids(logits, out_lengths, beam)]
+
+
+def timed_output(logits: np.ndarray, steps: int, ids: Sequence[int], vocab: Sequence[str], fps: float,
+                 num_frames: int) -> list[dict[str, Any]]:
+    """``[{gloss, start_s, end_s, score}]`` of one decoded clip (see ``evaluate.decode.timed_glosses``).
 
     Args:
-        best: [T'] argmax ids of the valid output steps.
+        logits: [T', V] outputs of one clip; ``steps`` of them are valid.
+        ids: its decoded token ids.
+        fps: the clip's frame rate; output step j covers frames [j, j + 1) * the time reduction.
     """
-    segs: list[tuple[int, int]] = []
-    prev = -1
-    for step, tok in enumerate(best.tolist()):
-        if tok != blank and tok != prev:
-            segs.append((tok, step))
-        prev = tok
-    return segs
+    from evaluate.decode import timed_glosses
+
+    out = []
+    for g in timed_glosses(log_softmax(logits[:steps]), ids):
+        start, end = g.seconds(fps, TIME_REDUCTION, num_frames)
+        out.append({"gloss": vocab[g.token], "start_s": round(start, 3), "end_s": round(end, 3),
+                    "score": round(g.score, 4)})
+    return out
 
 
 # --- inputs from frames -----------------------------------------------------------------------
@@ -245,24 +254,42 @@ class VideoResult:
     glosses: list[str]  # the decoded gloss sequence
     frames: int  # frames read
     seconds: dict[str, float]  # stage -> wall seconds: read, features, model, decode
+    fps: float = 25.0  # the clip's frame rate
+    timed: list[dict[str, Any]] = field(default_factory=list)  # [{gloss, start_s, end_s, score}]
+    hand_rate: float | None = None  # fraction of frames with a hand found (None: the model reads no landmarks)
+    landmarks: Landmarks | None = None  # the clip's (keypoints [T, K, 3], mask [T, K]) when it has them
+
+
+def hand_rate(mask: np.ndarray) -> float | None:
+    """Fraction of frames where MediaPipe found either hand; None when the layout has no hands."""
+    if mask.ndim != 2 or mask.shape[1] != RIGHT_HAND[1]:
+        return None
+    return float(mask[:, LEFT_HAND[0]:RIGHT_HAND[1]].any(axis=1).mean()) if len(mask) else 0.0
 
 
 def recognize_video(path: str | os.PathLike, rec: Recognizer, beam: int = 10,
                     extractor: Callable[[np.ndarray], Landmarks] | None = None) -> VideoResult:
-    """Decode a whole video file (or frame folder) offline."""
+    """Decode a whole video file (or frame folder) offline, with each gloss's time in the clip."""
     from preprocess.video import read_frames
 
     t0 = time.perf_counter()
-    frames, _fps = read_frames(path)  # VideoError "<path>: <problem>" when unreadable
+    frames, fps = read_frames(path)  # VideoError "<path>: <problem>" when unreadable
     t1 = time.perf_counter()
     inputs = video_inputs(frames, rec, extractor, str(path))
     t2 = time.perf_counter()
     logits, out_lengths = rec(inputs, np.array([len(frames)]))
     t3 = time.perf_counter()
-    glosses = decode(logits, out_lengths, rec.vocab, beam)[0]
+    ids = decode_ids(logits, out_lengths, beam)[0]
+    fps = float(fps) if fps and fps > 0 else 25.0
+    timed = timed_output(logits[0], int(out_lengths[0]), ids, rec.vocab, fps, len(frames))
     t4 = time.perf_counter()
     seconds = {"read": t1 - t0, "features": t2 - t1, "model": t3 - t2, "decode": t4 - t3}
-    return VideoResult(glosses, len(frames), seconds)
+    lms = None
+    rate = None
+    if "keypoints_mask" in inputs:
+        lms = (inputs["keypoints"][0], inputs["keypoints_mask"][0])
+        rate = hand_rate(lms[1]) if rec.spec.keypoint_layout == HOLISTIC_543 else None
+    return VideoResult([rec.vocab[i] for i in ids], len(frames), seconds, fps, timed, rate, lms)
 
 
 # --- live: frame sources, per-frame landmarks, the sliding window -------------------------------
@@ -448,9 +475,9 @@ class LandmarkStream:
         cfg: window, hop and guard in frames.
     """
 
-    def __init__(self, rec: Recognizer, cfg: StreamConfig = StreamConfig()) -> None:
+    def __init__(self, rec: Recognizer, cfg: StreamConfig = StreamConfig(), beam: int = 1) -> None:
         require_landmark_model(rec)
-        self.rec, self.cfg = rec, cfg
+        self.rec, self.cfg, self.beam = rec, cfg, beam
         self.kp: deque[np.ndarray] = deque(maxlen=cfg.window)
         self.mask: deque[np.ndarray] = deque(maxlen=cfg.window)
         self.seen = 0  # frames pushed
@@ -474,7 +501,8 @@ class LandmarkStream:
         """End of stream: decode what is left and make every gloss final."""
         if self.seen == 0:
             return StreamUpdate(0, [], [], [], final=True)
-        if self.seen != self.last_run:
+        whole = self.beam > 1 and self.seen <= self.cfg.window  # re-decoded with the beam, as offline
+        if self.seen != self.last_run or whole:
             return self._run(final=True)
         new = self._commit(self.pending)
         return StreamUpdate(self.seen, self._glosses(self.committed), new, [], final=True)
@@ -498,11 +526,19 @@ class LandmarkStream:
         kp = np.stack(self.kp)[None]  # [1, W, K, 3]
         mask = np.stack(self.mask)[None]  # [1, W, K]
         logits, out_lengths = self.rec({"keypoints": kp, "keypoints_mask": mask}, np.array([kp.shape[1]]))
-        best = logits[0, : int(out_lengths[0])].argmax(-1)  # [T'] greedy path of the window
+        n = int(out_lengths[0])
+        if final and start == 0 and self.beam > 1:
+            # the window holds the whole stream: decode it as offline decoding does, so both agree
+            from evaluate.decode import timed_glosses
+
+            ids = decode_ids(logits, out_lengths, self.beam)[0]
+            spikes = [(g.token, g.spike) for g in timed_glosses(log_softmax(logits[0, :n]), ids)]
+        else:
+            spikes = ctc_segments(logits[0, :n].argmax(-1))  # greedy path of the window
         self.model_s += time.perf_counter() - t0
         self.runs += 1
         self.last_run = self.seen
-        segs = [(tok, start + step * TIME_REDUCTION) for tok, step in ctc_segments(best)]
+        segs = [(tok, start + step * TIME_REDUCTION) for tok, step in spikes]
         # A spike may drift by a step between overlapping windows: look a little before the boundary
         # (at most half the guard: the window's first frames show tails of glosses cut by its edge),
         # and drop what matches a recent final gloss (same token, under two steps apart: a real
@@ -580,7 +616,8 @@ def extract_landmarks(frames: Iterable[Any], extractors: Sequence[FrameExtractor
 
 
 def stream_glosses(frames: Iterable[Any], extractor: FrameExtractor | Sequence[FrameExtractor], rec: Recognizer,
-                   cfg: StreamConfig = StreamConfig(), stats: StreamStats | None = None) -> Iterator[StreamUpdate]:
+                   cfg: StreamConfig = StreamConfig(), stats: StreamStats | None = None,
+                   beam: int = 1) -> Iterator[StreamUpdate]:
     """The live loop over any frame iterator (camera, video file, or a test's synthetic frames).
 
     Landmarks are extracted on background threads (:func:`extract_landmarks`) while this
@@ -594,12 +631,14 @@ def stream_glosses(frames: Iterable[Any], extractor: FrameExtractor | Sequence[F
         rec: a landmark model.
         cfg: window, hop and guard.
         stats: filled in with frame counts and timings when given.
+        beam: beam width of the final decoding when the window covered the whole stream
+            (the result is then offline decoding's); windows that slide decode greedily.
 
     Yields:
         A :class:`StreamUpdate` after every model run; the last one has ``final=True``.
     """
     extractors = [extractor] if callable(extractor) else list(extractor)
-    stream = LandmarkStream(rec, cfg)
+    stream = LandmarkStream(rec, cfg, beam)
     stats = stats if stats is not None else StreamStats()
     stats.workers = len(extractors)
     t_start = time.perf_counter()
@@ -631,6 +670,20 @@ def fps_report(stats: StreamStats) -> str:
             f"x {stats.runs} runs | other {1000 * other / n:.1f} ms/frame")
 
 
+def write_timed(res: VideoResult, video: str | os.PathLike, json_path: str | None, ctm_path: str | None) -> None:
+    """The timed glosses as JSON and/or CTM (the CTM's file id is the video's stem)."""
+    import json
+
+    from evaluate.formats import format_timed_ctm
+    from preprocess.manifest import atomic_write_text
+
+    if json_path:
+        atomic_write_text(json_path, json.dumps(res.timed, indent=1) + "\n")
+    if ctm_path:
+        rows = [(g["gloss"], g["start_s"], g["end_s"], g["score"]) for g in res.timed]
+        atomic_write_text(ctm_path, format_timed_ctm({Path(video).stem: rows}))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evaluate.infer", description=__doc__.split("\n\n")[0])
     model = parser.add_mutually_exclusive_group(required=True)
@@ -640,7 +693,9 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--video", help="video file or frame folder")
     source.add_argument("--webcam", type=int, metavar="INDEX", help="camera index for live recognition (OpenCV)")
     parser.add_argument("--stream", action="store_true", help="run --video through the live sliding-window loop")
-    parser.add_argument("--beam", type=int, default=10, help="offline beam width (1: greedy; live uses greedy)")
+    parser.add_argument("--beam", type=int, default=10,
+                        help="beam width (1: greedy); live windows decode greedily, and with this beam at the "
+                             "end when the window covered the whole stream")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of the model (default 1)")
     parser.add_argument("--window", type=int, default=StreamConfig.window, help="live: frames per model run")
     parser.add_argument("--hop", type=int, default=StreamConfig.hop, help="live: frames between model runs")
@@ -651,6 +706,11 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: CPU cores, at most 2)")
     parser.add_argument("--frames-per-second-report", action="store_true",
                         help="print frames/s and the time per stage (live: also every model run)")
+    parser.add_argument("--json", metavar="FILE", help="offline: write [{gloss, start_s, end_s, score}] to FILE")
+    parser.add_argument("--ctm", metavar="FILE", help="offline: write the timed glosses as a CTM to FILE")
+    parser.add_argument("--overlay", metavar="OUT.mp4",
+                        help="offline: write the clip with the landmarks drawn and the glosses as timed captions")
+    t_start = time.perf_counter()
     args = parser.parse_args(argv)
     os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's start-up chatter
     try:
@@ -658,13 +718,28 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        offline_only = [f"--{n}" for n in ("json", "ctm", "overlay") if getattr(args, n)]
+        if offline_only and (args.video is None or args.stream):
+            raise ValueError(f"{', '.join(offline_only)} need offline decoding of a file: use --video without --stream")
         rec = load_recognizer(args.model or args.ckpt, args.threads)
+        startup = time.perf_counter() - t_start
         if args.video is not None and not args.stream:
             res = recognize_video(args.video, rec, beam=args.beam)
             print(" ".join(res.glosses) if res.glosses else "(no gloss recognised)")
-            total = sum(res.seconds.values())
-            print("time: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in res.seconds.items())
-                  + f"; {res.frames} frames, {res.frames / total:.1f} frames/s end to end", file=sys.stderr)
+            if res.hand_rate == 0.0:
+                print(f"warning: {args.video}: no hand was found on any of its {res.frames} frames; the glosses "
+                      "above come from face and body alone (check the hands are in view and lit)", file=sys.stderr)
+            write_timed(res, args.video, args.json, args.ctm)
+            if args.overlay:
+                from evaluate.overlay import write_overlay
+
+                write_overlay(args.video, args.overlay, res.timed, res.landmarks)
+                print(f"overlay: {args.overlay}", file=sys.stderr)
+            seconds = {"start-up": startup, **res.seconds}
+            total = sum(seconds.values())
+            print("time: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in seconds.items())
+                  + f"; {res.frames} frames, {res.frames / total:.1f} frames/s end to end (start-up included), "
+                  f"decoder {'greedy' if args.beam <= 1 else f'beam {args.beam}'}", file=sys.stderr)
             return 0
         cfg = StreamConfig(args.window, args.hop, args.guard)
         require_landmark_model(rec)
@@ -674,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
         frames = prefetch(capture_frames(source, args.max_frames), keep_latest=args.webcam is not None)
         stats = StreamStats()
         update = StreamUpdate(0, [], [], [])
-        updates = stream_glosses(frames, graphs.extractors, rec, cfg, stats)
+        updates = stream_glosses(frames, graphs.extractors, rec, cfg, stats, beam=args.beam)
         try:
             for update in updates:
                 if update.new:
@@ -688,6 +763,15 @@ def main(argv: list[str] | None = None) -> int:
             updates.close()  # joins the landmark threads before their graphs are closed
             graphs.close()
         print("glosses: " + (" ".join(update.committed) or "(none)"))
+        if stats.frames <= cfg.window and args.beam > 1:
+            how = f"the whole clip in one window, beam {args.beam}: offline decoding's settings"
+        elif args.beam > 1:
+            how = (f"greedy over {cfg.window}-frame windows: the {stats.frames}-frame stream is longer than the window, "
+                   f"so offline --beam {args.beam} may differ (--window {stats.frames} decodes it as offline does)")
+        else:
+            how = "greedy, " + ("the whole clip in one window" if stats.frames <= cfg.window
+                                else f"over {cfg.window}-frame windows")
+        print(f"decoder: {how}; landmarks from {stats.workers} MediaPipe graph(s)", file=sys.stderr)
         if args.frames_per_second_report:
             print(fps_report(stats), file=sys.stderr)
     except KeyboardInterrupt:
