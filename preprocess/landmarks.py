@@ -14,8 +14,14 @@ A part not found on a frame has mask False and coordinates 0.
 """
 from __future__ import annotations
 
+import os
+import re
+import sys
+import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -30,6 +36,67 @@ PARTS = (
     ("left_hand", LEFT_HAND, "left_hand_landmarks"),
     ("right_hand", RIGHT_HAND, "right_hand_landmarks"),
 )
+
+
+# What MediaPipe's native code prints while a graph starts (its calculators and TFLite load on the
+# first frame): glog info/warning lines and TFLite's delegate banner. Its environment switches
+# (GLOG_minloglevel) are read when the library loads, too late to help, so the native stderr
+# itself is captured around the start and only other lines are passed on.
+_GLOG = re.compile(r"^([IWEF])\d{4} ")  # glog: level letter, MMDD, time, thread, file:line]
+_NOISE = (re.compile(r"^INFO: Created TensorFlow Lite"),
+          re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called"))
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: tuple[int, Any] | None = None  # (saved fd 2, capture file) while a quiet section is open
+
+
+def is_native_noise(line: str) -> bool:
+    """True for MediaPipe start-up chatter; glog E/F lines and anything unrecognised are not noise."""
+    m = _GLOG.match(line)
+    if m:
+        return m.group(1) in "IW"
+    return any(p.match(line) for p in _NOISE)
+
+
+@contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Capture file descriptor 2 (where C++ logs go) for the block, then replay the lines that are not noise.
+
+    Sections may overlap across threads (two graphs starting at once): the first to enter
+    redirects, the last to leave restores and replays, so no thread restores another's capture.
+    """
+    global _quiet_depth, _quiet_saved
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            try:
+                sys.stderr.flush()
+                saved, cap = os.dup(2), tempfile.TemporaryFile()
+                os.dup2(cap.fileno(), 2)
+                _quiet_saved = (saved, cap)
+            except (OSError, ValueError):  # no usable fd 2 (e.g. closed): nothing to quieten
+                _quiet_saved = None
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0 and _quiet_saved is not None:
+                saved, cap = _quiet_saved
+                _quiet_saved = None
+                try:
+                    sys.stderr.flush()
+                except (OSError, ValueError):
+                    pass
+                os.dup2(saved, 2)
+                os.close(saved)
+                cap.seek(0)
+                text = cap.read().decode("utf-8", errors="replace")
+                cap.close()
+                kept = [line for line in text.splitlines() if line.strip() and not is_native_noise(line)]
+                if kept:
+                    sys.stderr.write("".join(line + "\n" for line in kept))
+                    sys.stderr.flush()
 
 
 class NoPersonError(Exception):
@@ -117,15 +184,19 @@ class HolisticExtractor:
 
     def _extract_into(self, frame: np.ndarray, keypoints: np.ndarray, mask: np.ndarray, step: int = 1) -> None:
         """Run one frame and write its landmarks into ``keypoints`` [543, 3] and ``mask`` [543] (zeroed)."""
-        if self._graph is None:
-            self._graph = self._build_graph()
-        elif step > 1 and self._used and hasattr(self._graph, "_simulated_timestamp"):
-            # the solution API stamps frames 1/30 s apart; tell the smoothing filters about skipped frames
-            self._graph._simulated_timestamp += FRAME_US * (step - 1)
-        self._used = True
         image = np.ascontiguousarray(frame)
         image.flags.writeable = False  # lets MediaPipe wrap the buffer without a copy
-        result = self._graph.process(image)
+        if not self._used:  # a new or reset graph logs while it is built and (re)starts on its first frame
+            with quiet_native_stderr():
+                if self._graph is None:
+                    self._graph = self._build_graph()
+                result = self._graph.process(image)
+        else:
+            if step > 1 and self._used and hasattr(self._graph, "_simulated_timestamp"):
+                # the solution API stamps frames 1/30 s apart; tell the smoothing filters about skipped frames
+                self._graph._simulated_timestamp += FRAME_US * (step - 1)
+            result = self._graph.process(image)
+        self._used = True
         min_vis = self.config.min_pose_visibility
         for part, (lo, hi), attr in PARTS:
             found = getattr(result, attr)
