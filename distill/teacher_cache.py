@@ -63,6 +63,7 @@ from models.data import AugmentConfig, BucketBatchSampler, CacheDataset, collate
 from evaluate.decode import greedy_decode
 from models.students import LandmarkAugment, LandmarkAugmentConfig
 from preprocess import cache as cache_lib
+from preprocess.configs import UserError
 from preprocess.manifest import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ PROBE_FRAMES = 32  # probe clip length for time reductions and feature rates
 REBUILD_HINT = "rerun with --rebuild-teacher-cache to rebuild it"
 
 
-class StaleTeacherCache(ValueError):
+class StaleTeacherCache(UserError):
     """The teacher-output cache does not match the teacher or the data; the message says why."""
 
 

@@ -49,6 +49,7 @@ from models.data import BucketBatchSampler, CacheDataset, collate, input_spec
 from models.students import build_student
 from models.train import RunConfig, TrainHooks, TrainingStopped, load_config, read_metrics, train
 from preprocess import cache as cache_lib
+from preprocess.configs import UserError, print_user_error
 from preprocess.manifest import atomic_write_text
 from preprocess.vocab import Vocabulary
 
@@ -480,10 +481,8 @@ def main(argv: list[str] | None = None) -> int:
                              device=device)
     except TrainingStopped:
         return 1  # already logged to stderr and train.log
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+    except (UserError, ValueError, FileNotFoundError) as e:  # bad input: one line; anything else is a bug
+        return print_user_error(e)
     wers = ", ".join(f"{s} WER {r['wer']:.2f}%" + (f" ({r['corrected']['wer']:.2f}% corrected)" if "corrected" in r else "")
                      for s, r in results["splits"].items())
     print(f"{recipe.name} ({results['mode']}): {wers}; results in {out / 'results.json'}")

@@ -25,10 +25,11 @@ from typing import Mapping, Sequence
 from evaluate.align import Alignment, align, format_alignment
 from evaluate.formats import FormatError, read_transcripts
 from evaluate.normalize import fill_empty, get_rules, normalize
+from preprocess.configs import UserError
 from preprocess.manifest import atomic_write_text
 
 
-class ScoringError(ValueError):
+class ScoringError(UserError):
     """Inputs that cannot be scored together (unknown ids, empty reference)."""
 
 

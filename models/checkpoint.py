@@ -21,6 +21,7 @@ from torch import nn
 from models.base import InputSpec
 from models.data import meta_config
 from preprocess import cache as cache_lib
+from preprocess.configs import write_error
 from preprocess.vocab import Vocabulary
 
 CHECKPOINT_FORMAT = 1
@@ -42,10 +43,37 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
     try:
         torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and _is_write_failure(e)):
+            raise write_error(path, e, "checkpoint (the previous one is intact; rerun with --resume)") from e
         raise
+
+
+def _is_write_failure(e: RuntimeError) -> bool:
+    """torch.save reports a failed write as a RuntimeError from its zip writer."""
+    text = str(e)
+    return "inline_container" in text or "file write failed" in text or "unexpected pos" in text
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files of checkpoint writes that a killed run left in ``folder``.
+
+    ``save_checkpoint`` writes ``.<name>.<random>.tmp`` beside the target; one found at the
+    start of a run belongs to a process that no longer exists.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.glob(".*.pt.*tmp"):
+        try:
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:

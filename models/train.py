@@ -33,14 +33,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from models.base import InputSpec, ModelOutput
 from models.build import ModelConfig, build_model
-from models.checkpoint import check_compatible, load_checkpoint, save_checkpoint, spec_to_dict
+from models.checkpoint import check_compatible, load_checkpoint, remove_stale_temps, save_checkpoint, spec_to_dict
 from models.data import AugmentConfig, BucketBatchSampler, CacheDataset, collate, meta_config
+from preprocess.configs import ConfigError, UserError, from_dict, load_yaml, print_user_error
+from preprocess.manifest import atomic_write_text
 
 if TYPE_CHECKING:
     from models.students import StudentConfig
@@ -139,35 +140,33 @@ class WithExtras(nn.Module):
         return self.model(inputs, lengths)
 
 
-def _dataclass_from(cls: type, d: dict[str, Any] | None, section: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d or {}) - known)
-    if unknown:
-        raise ValueError(f"unknown {section} option(s) {unknown}; known: {sorted(known)}")
-    return cls(**(d or {}))
+def _dataclass_from(cls: type, d: dict[str, Any] | None, section: str, where: str = "") -> Any:
+    return from_dict(cls, d, where, section)
 
 
 def load_config(path: str | os.PathLike, cache: str | None = None, epochs: int | None = None) -> RunConfig:
     """Parse a training YAML; ``cache``/``epochs`` override the file (command-line flags)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: config not found; see configs/teachers/ for presets")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raise ConfigError(f"{path}: config not found; see configs/teachers/ for presets")
+    raw = load_yaml(path, "training config")
     unknown = sorted(set(raw) - {"data", "model", "train"})
     if unknown or "data" not in raw:
-        raise ValueError(f"{path}: needs sections data/model/train, got {sorted(raw)}")
+        raise ConfigError(f"{path}: needs sections data/model/train, got {sorted(raw)}")
     data = dict(raw["data"] or {})
-    data["streams"] = tuple(data.get("streams") or ())
+    data["streams"] = data.get("streams") or ()
     if cache is not None:
         data["cache"] = cache
     try:
-        data["augment"] = AugmentConfig.from_dict(data.get("augment"))
-        train = _dataclass_from(TrainConfig, raw.get("train"), "train")
+        train = _dataclass_from(TrainConfig, raw.get("train"), "train", str(path))
         if epochs is not None:
             train = replace(train, epochs=epochs)
-        return RunConfig(_dataclass_from(DataConfig, data, "data"), ModelConfig.from_dict(raw.get("model") or {}), train)
+        return RunConfig(_dataclass_from(DataConfig, data, "data", str(path)),
+                         ModelConfig.from_dict(raw.get("model") or {}), train)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise ConfigError(f"{path}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- loss
@@ -193,6 +192,28 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def _trim_metrics(path: Path, epochs_done: int) -> None:
+    """Keep the ``metrics.jsonl`` lines of the epochs a run restarts after (a crash may have left
+    lines of epochs whose checkpoint was never written, or a torn last line)."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    keep, torn = [], []
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            torn.append(n)
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] <= epochs_done:
+            keep.append(line)
+    if torn:
+        log.warning("%s: dropped torn line(s) %s (a crash while writing them); those epochs are trained again",
+                    path, torn)
+    if len(keep) != len(lines):
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
 def ctc_loss_levels(out: ModelOutput, targets: Tensor, target_lengths: Tensor,
@@ -323,6 +344,21 @@ class TrainingStopped(RuntimeError):
     """Training cannot go on (non-finite loss); the message says what to do."""
 
 
+def _stop_message(problem: str, epoch: int, step: int, ids: Sequence[str], inputs: dict[str, Tensor],
+                  last_path: Path, dc: DataConfig) -> str:
+    """Why training stopped on this batch: every utterance in it, and those whose inputs are not finite."""
+    where = f"{last_path} (epoch {epoch}) is kept" if last_path.exists() else "no checkpoint was written yet"
+    bad = sorted({ids[i] for x in inputs.values() if x.is_floating_point()
+                  for i in (~torch.isfinite(x.detach()).flatten(1).all(1)).nonzero().flatten().tolist()})
+    if bad:
+        advice = (f"the cached inputs of {bad} hold NaN/inf: rebuild them "
+                  f"(`python -m preprocess.features --dataset {dc.dataset} --force`) or drop them, then rerun with --resume")
+    else:
+        advice = "lower train.lr or train.grad_clip, check those utterances, then rerun with --resume"
+    return (f"epoch {epoch + 1} step {step + 1}: {problem} on the batch of utterances {list(ids)}; training "
+            f"stopped and the last good checkpoint {where}. {advice[0].upper() + advice[1:]}")
+
+
 # ----------------------------------------------------------------------- dev
 
 
@@ -410,6 +446,9 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist, hooks: TrainHoo
     if last_path.exists() and not resume:
         raise ValueError(f"{last_path} exists: pass --resume to continue that run, or choose another --out")
     amp = tc.amp and d.device.type == "cuda"
+    if d.main:
+        for tmp in remove_stale_temps(out_dir):
+            log.info("removed %s (a checkpoint write that a killed run left unfinished)", tmp)
     seed_everything(tc.seed)  # same initial weights on every rank
 
     # Data: the training split with augmentation, dev with the center crop.
@@ -466,12 +505,11 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist, hooks: TrainHoo
         else:  # another world size: exact replay is impossible, keep runs reproducible anyway
             log.warning("%s was written by %d process(es), now %d: RNG streams restart", last_path, len(states), d.world)
             seed_everything(tc.seed + 1000 * start_epoch + d.rank)
-        if d.main and metrics_path.exists():  # drop lines of epochs the crash lost
-            keep = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= start_epoch]
-            metrics_path.write_text("".join(ln + "\n" for ln in keep))
         log.info("resumed %s at epoch %d (best %.2f)", last_path, start_epoch, best)
     elif resume:
         log.warning("--resume: no %s yet; starting from scratch", last_path)
+    if d.main:
+        _trim_metrics(metrics_path, start_epoch)
     if d.world > 1 and start_epoch == 0:
         torch.manual_seed(tc.seed + d.rank)  # weights are equal (DDP broadcasts rank 0's); dropout differs per rank
     net: nn.Module = trained
@@ -504,18 +542,19 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist, hooks: TrainHoo
                     extra, extra_parts = hooks.extra_loss(out, batch, epoch)
                     loss, parts = loss + extra, {**parts, **extra_parts}
                 if not _all_finite(loss, d):
-                    where = (f"{last_path} (epoch {epoch}) is kept"
-                             if last_path.exists() else "no checkpoint was written yet")
                     levels = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
-                    raise TrainingStopped(
-                        f"epoch {epoch + 1} step {step + 1}: the training loss is {float(loss.detach())} ({levels}) "
-                        f"on batch {ids[:4]}; training stopped and the last good checkpoint {where}. "
-                        "Lower train.lr or train.grad_clip, check that batch, then rerun with --resume")
+                    raise TrainingStopped(_stop_message(
+                        f"the training loss is {float(loss.detach())} ({levels})", epoch, step, ids, inputs,
+                        last_path, dc))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if tc.grad_clip > 0:
                     scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(trained.parameters(), tc.grad_clip)
+                    norm = nn.utils.clip_grad_norm_(trained.parameters(), tc.grad_clip)
+                    if not scaler.is_enabled() and not _all_finite(norm, d):  # under AMP the scaler skips such steps itself
+                        raise TrainingStopped(_stop_message(
+                            f"the gradient norm is {float(norm)} (loss {float(loss.detach()):.4g})", epoch, step,
+                            ids, inputs, last_path, dc))
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
@@ -595,9 +634,8 @@ def main(argv: list[str] | None = None) -> int:
         train(cfg, out, resume=args.resume, device=args.device)
     except TrainingStopped:
         return 1  # already logged to stderr and train.log
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (UserError, ValueError, FileNotFoundError) as e:  # bad input: one line; anything else is a bug
+        return print_user_error(e)
     return 0
 
 

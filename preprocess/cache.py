@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from preprocess.configs import MissingEntryError
 from preprocess.manifest import atomic_write_text
 
 CACHE_FORMAT_VERSION = 1
@@ -81,7 +82,7 @@ def load_utt(path: str | os.PathLike, names: tuple[str, ...] | None = None) -> d
         keys = [k for k in z.files if k != "config_hash"] if names is None else list(names)
         missing = [k for k in keys if k not in z.files]
         if missing:
-            raise KeyError(
+            raise MissingEntryError(
                 f"{path}: cache file has no {missing} (it holds {sorted(z.files)}); "
                 "rebuild the cache with those streams enabled (`make features`)"
             )

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from preprocess.keypoint_io import KEYPOINT_SUFFIXES, KeypointFileError, keypoint_fps, keypoint_num_frames
+from preprocess.configs import ConfigError, UserError, check_keys, load_yaml
+from preprocess.keypoint_io import (KEYPOINT_SUFFIXES, KeypointFileError, keypoint_fps, keypoint_frame_size,
+                                   keypoint_num_frames)
 from preprocess.manifest import SPLITS, Utterance, write_manifest
 from preprocess.vocab import Vocabulary
 
@@ -71,8 +73,13 @@ def _read_table(path: Path, columns: tuple[str, ...], sep: str = "|") -> list[tu
     Returns (line number, row) pairs; extra columns are kept, the last column may contain
     ``sep`` (free-text translations do).
     """
-    with open(path, encoding="utf-8-sig") as f:
-        lines = f.read().splitlines()
+    data = path.read_bytes()
+    try:
+        lines = data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
+                        "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
     if not lines:
         raise ValueError(f"{path}: empty file; expected a header {sep.join(columns)}")
     header = [c.strip() for c in lines[0].split(sep)]
@@ -414,47 +421,46 @@ def _custom(dataset: str, root: str | os.PathLike, out_dir: str | os.PathLike) -
     utts: list[Utterance] = []
     missing: dict[str, list[str]] = defaultdict(list)
     no_source: dict[str, list[str]] = defaultdict(list)
+    first_line: dict[str, int] = {}
     for n, row in _read_table(corpus, CUSTOM_COLUMNS):
         where = f"{corpus}:{n}"
         if not row["id"]:
-            raise ValueError(f"{where}: empty id")
+            raise UserError(f"{where}: empty id")
+        if row["id"] in first_line:
+            raise UserError(f"{where}: duplicate id {row['id']!r} (first on line {first_line[row['id']]}); "
+                            "ids must be unique: rename or remove one of the rows")
+        first_line[row["id"]] = n
         if row["split"] not in SPLITS:
-            raise ValueError(f"{where}: split {row['split']!r} is not one of {list(SPLITS)}")
+            raise UserError(f"{where}: split {row['split']!r} is not one of {list(SPLITS)}")
+        meta = {k: _number(row, k, where) for k in META_COLUMNS}  # fps, num_frames, width, height (0 = not given)
         source = None
-        num_frames = 0
         if row["video"]:
             src = Path(row["video"]).expanduser()
             src = src if src.is_absolute() else root / src
             source = str(src)
             if src.is_dir():
-                num_frames = count_frames(src)
-            if not src.exists() or (src.is_dir() and num_frames == 0):
+                meta["num_frames"] = count_frames(src)
+            if not src.exists() or (src.is_dir() and meta["num_frames"] == 0):
                 missing[row["split"]].append(source)
+            elif not (meta["fps"] and meta["num_frames"]):  # headers only; rows that give both skip this
+                _fill_from_video(meta, src)
         kp = _keypoint_file(root, row["id"])
         if source is None and kp is None:
             no_source[row["split"]].append(row["id"])
-        fps = None
-        if row.get("fps"):
+        meta["num_frames"] = meta["num_frames"] or known_lengths.get(row["id"], 0)
+        if kp is not None:
             try:
-                fps = float(row["fps"])
-            except ValueError:
-                raise ValueError(f"{where}: fps {row['fps']!r} is not a number") from None
-        try:
-            if not num_frames and row.get("num_frames"):
-                num_frames = int(row["num_frames"])
-            num_frames = num_frames or known_lengths.get(row["id"], 0)
-            if kp is not None:
-                num_frames = num_frames or keypoint_num_frames(kp)
-                fps = fps or keypoint_fps(kp)
-        except KeypointFileError as e:  # reported again, per file, by the extractor
-            log.warning("%s", e)
-        except ValueError:
-            raise ValueError(f"{where}: num_frames {row['num_frames']!r} is not a whole number") from None
-        extra = {k: v for k, v in row.items() if k not in CUSTOM_COLUMNS + ("fps", "num_frames") and v}
+                meta["num_frames"] = meta["num_frames"] or keypoint_num_frames(kp)
+                meta["fps"] = meta["fps"] or keypoint_fps(kp) or 0.0
+                if not meta["width"]:
+                    meta["width"], meta["height"] = keypoint_frame_size(kp) or (0, 0)
+            except KeypointFileError as e:  # reported again, per file, by the extractor
+                log.warning("%s", e)
+        extra = {k: v for k, v in row.items() if k not in CUSTOM_COLUMNS + META_COLUMNS and v}
         utts.append(Utterance(
             id=row["id"], split=row["split"], signer=row["signer"], glosses=row["glosses"].split(),
-            source=source, num_frames=num_frames, keypoints=str(kp) if kp else None,
-            fps=fps or 25.0, extra=extra,
+            source=source, num_frames=int(meta["num_frames"]), keypoints=str(kp) if kp else None,
+            fps=float(meta["fps"] or 25.0), extra=extra, width=int(meta["width"]), height=int(meta["height"]),
         ))
     for split in SPLITS:
         total = sum(u.split == split for u in utts)
@@ -463,6 +469,39 @@ def _custom(dataset: str, root: str | os.PathLike, out_dir: str | os.PathLike) -
             log.warning("%s %s: %d of %d rows have neither a video nor keypoints/<id>.npy|.npz|.pose (first: %s)",
                         dataset, split, len(no_source[split]), total, no_source[split][0])
     return _finish(dataset, utts, out_dir)
+
+
+META_COLUMNS = ("fps", "num_frames", "width", "height")  # optional corpus.csv columns; read from the media otherwise
+
+
+def _number(row: Mapping[str, str], key: str, where: str) -> float:
+    """An optional numeric column (0 when empty or absent); fps may be fractional, the rest are whole."""
+    text = (row.get(key) or "").strip()
+    if not text:
+        return 0
+    try:
+        value = float(text) if key == "fps" else int(text)
+    except ValueError:
+        kind = "a number" if key == "fps" else "a whole number"
+        raise UserError(f"{where}: {key} {text!r} is not {kind}; fix the {key} column or leave it empty") from None
+    if value < 0 or (key == "fps" and value == 0 and text):
+        raise UserError(f"{where}: {key} must be positive, got {text!r}; fix the {key} column or leave it empty")
+    return value
+
+
+def _fill_from_video(meta: dict[str, float], src: Path) -> None:
+    """fps, frame count and size from the video's headers where the row leaves them empty."""
+    from preprocess.video import VideoError, probe_video
+
+    try:
+        info = probe_video(src)
+    except VideoError as e:  # the extractor reports the file itself
+        log.debug("%s", e)
+        return
+    meta["fps"] = meta["fps"] or info.fps
+    meta["num_frames"] = meta["num_frames"] or info.num_frames
+    if not meta["width"]:
+        meta["width"], meta["height"] = info.width, info.height
 
 
 def prepare_custom(root: str | os.PathLike, out_dir: str | os.PathLike) -> list[Utterance]:
@@ -475,10 +514,14 @@ def prepare_custom(root: str | os.PathLike, out_dir: str | os.PathLike) -> list[
         <root>/keypoints/<id>.npy|.npz|.pose   optional pre-extracted landmarks
         <root>/num_frames.csv        optional id,num_frames
 
-    ``glosses`` are space-separated; ``split`` is train, dev or test. Optional columns
-    ``fps`` and ``num_frames`` are read; any other column lands in ``extra``. A keypoint-only
-    corpus leaves ``video`` empty everywhere; then only landmark models apply. num_frames:
-    frame folder, else the column / num_frames.csv, else the keypoint file's header, else 0.
+    ``glosses`` are space-separated; ``split`` is train, dev or test; ids must be unique.
+    Optional columns ``fps`` (frames per second of the source, e.g. 29.97), ``num_frames``,
+    ``width`` and ``height`` (pixels) override what the media say; any other column lands in
+    ``extra``. Where a row leaves them empty they come from the video's headers (nothing is
+    decoded; rows giving both fps and num_frames skip even that), a frame folder (its image
+    count; 25 fps), ``num_frames.csv``, or a ``.pose`` keypoint file's header; fps is 25 and
+    the size 0 (unknown) when nothing says. A keypoint-only corpus leaves ``video`` empty
+    everywhere; then only landmark models apply.
     """
     return _custom("custom", root, out_dir)
 
@@ -578,8 +621,6 @@ def load_dataset_config(name_or_path: str | os.PathLike, data_root: str | os.Pat
     The corpus root is, in order: ``data_root``, the ``DATA_ROOT`` environment variable, the
     YAML's ``root``; a relative root is resolved against the current directory.
     """
-    import yaml
-
     text = str(name_or_path)
     as_path = Path(text).expanduser()
     if text.endswith((".yaml", ".yml")) or os.sep in text or as_path.is_file():
@@ -591,15 +632,8 @@ def load_dataset_config(name_or_path: str | os.PathLike, data_root: str | os.Pat
         if not path.is_file():
             raise ValueError(f"unknown dataset {text!r}; known: {available_datasets()} "
                              "(or pass the path to your own YAML with reader: custom)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping with reader/root/features, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - CONFIG_KEYS)
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; allowed: {sorted(CONFIG_KEYS)}")
+    raw = load_yaml(path, "dataset config")
+    check_keys(raw, CONFIG_KEYS, str(path), "keys")
     reader = raw.get("reader")
     if reader not in READERS:
         raise ValueError(f"{path}: unknown reader {reader!r}; known readers: {sorted(READERS)}")

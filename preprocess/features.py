@@ -19,8 +19,10 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import zipfile
@@ -35,9 +37,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from preprocess import cache
+from preprocess.configs import UserError, check_keys, from_dict, print_user_error, write_error
 from preprocess.flow import DEVICES, DTYPES as FLOW_DTYPES, METHODS as FLOW_METHODS, FlowConfig, flow_scale
 from preprocess.layouts import HOLISTIC_543
-from preprocess.manifest import Utterance, read_manifest
+from preprocess.manifest import Utterance, atomic_write_text, read_manifest
 
 LANDMARK_MODES = ("auto", "mediapipe", "file", "none")
 STAGES = ("decode", "landmarks", "flow", "write")
@@ -86,16 +89,10 @@ class FeatureConfig:
                 flow[key] = value
             else:
                 top[key] = value
-        known = {f.name for f in fields(FeatureConfig)} - {"flow"}
-        unknown = sorted(set(top) - known)
-        flow_known = {f.name for f in fields(FlowConfig)}
-        unknown += sorted(f"flow.{k}" for k in set(flow) - flow_known)
-        if unknown:
-            raise ValueError(f"unknown feature option(s) {unknown}; known: {sorted(known)} and "
-                             f"flow.{{{', '.join(sorted(flow_known))}}}")
         if top.get("max_frames") is None:
             top.pop("max_frames", None)
-        return FeatureConfig(flow=FlowConfig(**flow), **top)
+        check_keys(top, {f.name for f in fields(FeatureConfig)} - {"flow"}, "", "feature option(s)")
+        return from_dict(FeatureConfig, {**top, "flow": from_dict(FlowConfig, flow, section="flow")})
 
     def hashed(self) -> dict[str, Any]:
         """The fields that change the bytes written (RAFT's device or batch size do not)."""
@@ -106,7 +103,7 @@ class FeatureConfig:
                 "flow": {k: getattr(f, k) for k in keys} if f.enabled else "none"}
 
 
-class UtteranceError(Exception):
+class UtteranceError(UserError):
     """One utterance cannot be extracted; the message names the file and the fix."""
 
 
@@ -145,10 +142,15 @@ class Result:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(plan: Plan) -> None:
-    """Pool initializer: one MediaPipe graph per process, built once, reused for every video."""
+def _init_worker(plan: Plan, driver_pid: int | None = None) -> None:
+    """Pool initializer: one MediaPipe graph per process, built once, reused for every video.
+
+    ``driver_pid`` is the process that runs the pool; a worker started for it dies with it.
+    """
     _WORKER.clear()
     _WORKER["plan"] = plan
+    if driver_pid is not None and driver_pid != os.getpid():
+        die_with_parent(driver_pid)
     try:
         import cv2
 
@@ -167,6 +169,42 @@ def _init_worker(plan: Plan) -> None:
             _WORKER["extractor"] = _open_extractor()
         except Exception as e:  # every job of this worker will report it instead of crashing
             _WORKER["init_error"] = f"MediaPipe could not start ({type(e).__name__}: {e})"
+
+
+def die_with_parent(driver_pid: int, poll_s: float = 0.5) -> None:
+    """End this worker process as soon as the driver that started it is gone.
+
+    A killed driver (kill -9, out of memory) cannot shut its pool down, and orphaned workers
+    would go on writing cache files and then wait forever for jobs. On Linux the kernel sends
+    SIGKILL when the direct parent (the pool's fork server) exits; a daemon thread also polls
+    the parent and the driver, which covers other platforms and the driver dying first.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):  # no libc symbol: the watchdog alone
+            pass
+    parent = os.getppid()
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent or not alive(driver_pid):
+                os._exit(1)
+            time.sleep(poll_s)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def _open_extractor():
@@ -213,10 +251,9 @@ def _job(utt: Utterance) -> Result:
 
 
 def _failure_message(e: BaseException) -> str:
-    known = {"UtteranceError", "VideoError", "KeypointFileError", "NoPersonError"}
     name = type(e).__name__
     msg = str(e).strip().splitlines()[0] if str(e).strip() else name
-    if name in known:
+    if isinstance(e, UserError):  # bad input, already one line naming the file
         return msg
     where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
     at = f" at {Path(where.filename).name}:{where.lineno}" if where else ""
@@ -307,7 +344,7 @@ def load_utterance(utt: Utterance, plan: Plan) -> Loaded:
                                  "frames; re-extract the keypoints from this video")
         if len(kp) == 0:
             raise UtteranceError(f"{kp_path}: keypoint file has no frames; re-export it")
-        arrays.update(_keypoint_arrays(kp, mask))
+        arrays.update(_keypoint_arrays(kp, mask, str(kp_path)))
     elif lm_source == "mediapipe" and plan.num_keypoints != 543:
         raise UtteranceError(f"{utt.id}: has no keypoint file, and MediaPipe's 543 points do not match this "
                              f"dataset's {plan.layout} keypoint files; add keypoints/{utt.id}.* "
@@ -337,10 +374,32 @@ def load_utterance(utt: Utterance, plan: Plan) -> Loaded:
     return Loaded(utt, source, frames if needs_mp else None, n, arrays, times, needs_mp)
 
 
-def _keypoint_arrays(kp: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+def _keypoint_arrays(kp: np.ndarray, mask: np.ndarray, where: str) -> dict[str, np.ndarray]:
+    """The cache's keypoint arrays; refuses what float16 cannot hold and files with no point at all."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        raise UtteranceError(f"{where}: no keypoint is present on any frame (all missing/NaN); "
+                             "re-extract the landmarks or drop the utterance")
     kp = np.nan_to_num(np.asarray(kp, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    kp[~mask] = 0.0
+    limit = float(np.finfo(np.float16).max)
+    peak = float(np.abs(kp).max())
+    if peak > limit:
+        raise UtteranceError(f"{where}: keypoint values reach {peak:.6g}, beyond what the float16 cache holds "
+                             f"({limit:g}); x, y must be normalised to the frame (0..1): re-export the file")
     return {"keypoints": kp.astype(np.float16),  # [T, K, 3]
-            "keypoints_mask": np.asarray(mask, dtype=bool)}  # [T, K]
+            "keypoints_mask": mask}  # [T, K]
+
+
+def check_arrays(arrays: Mapping[str, np.ndarray], where: str) -> None:
+    """Every array about to be stored is finite and non-empty (nothing bad reaches the cache silently)."""
+    for name, arr in arrays.items():
+        if arr.size == 0:
+            raise UtteranceError(f"{where}: the {name} array is empty {tuple(arr.shape)}; check the source file")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            raise UtteranceError(f"{where}: {bad} non-finite values in the {name} array ({arr.dtype}); "
+                                 "check the source file, it was not cached")
 
 
 def finish_utterance(loaded: Loaded, plan: Plan, extractor=None) -> Result:
@@ -359,11 +418,16 @@ def finish_utterance(loaded: Loaded, plan: Plan, extractor=None) -> Result:
         t0 = time.perf_counter()
         kp, mask = extractor(loaded.frames, name=str(loaded.source))  # NoPersonError on a video without a signer
         times["landmarks"] += time.perf_counter() - t0
-        arrays.update(_keypoint_arrays(kp, mask))
+        arrays.update(_keypoint_arrays(kp, mask, str(loaded.source)))
         hand_rate = _hand_rate(mask)
     out = cache.utt_path(plan.cache_root, plan.dataset, utt.split, utt.id)
+    stored = {k: arrays[k] for k in cache.ARRAY_NAMES if k in arrays}
+    check_arrays(stored, str(loaded.source or _resolve(utt.keypoints, plan.root) or utt.id))
     t0 = time.perf_counter()
-    cache.write_npz_atomic(out, {k: arrays[k] for k in cache.ARRAY_NAMES if k in arrays}, plan.chash)
+    try:
+        cache.write_npz_atomic(out, stored, plan.chash)
+    except OSError as e:
+        raise write_error(out, e, "cache file") from e
     times["write"] += time.perf_counter() - t0
     return Result(utt.id, utt.split, True, frames=loaded.num_frames, times=times, hand_rate=hand_rate,
                   nbytes=out.stat().st_size, source=utt.source)
@@ -486,10 +550,20 @@ def _copy_if_changed(src: Path, dst: Path) -> None:
     if dst.is_file() and dst.read_bytes() == data:
         return
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, dst)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_error(dst, e) from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dst)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise write_error(dst, e) from e
+        raise
 
 
 def prepare_manifest(ds, out_dir: Path) -> list[Utterance]:
@@ -647,6 +721,7 @@ class Report:
     wall_s: float = 0.0
     cache_bytes: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    failures_path: str = ""  # this run's failures.jsonl
 
     @property
     def hand_rate(self) -> float | None:
@@ -709,6 +784,25 @@ def _remove_stale_temps(cache_root: str, dataset: str, utts: Sequence[Utterance]
                     except FileNotFoundError:
                         pass
     return removed
+
+
+def _reset_failures(path: Path, other_shards: set[tuple[str, str]]) -> None:
+    """Start this run's ``failures.jsonl``: records of earlier runs go, except those of utterances
+    that belong to other shards of the same selection (their own runs rewrite them)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and (rec.get("split"), rec.get("id")) in other_shards:
+            keep.append(line)
+    if keep:
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+    else:
+        path.unlink()
 
 
 def _hash_member(chash: str) -> bytes:
@@ -780,6 +874,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", default=None, help="comma-separated splits (default: all)")
     p.add_argument("--limit", type=int, default=None, help="only the first N utterances (after --splits)")
     p.add_argument("--force", action="store_true", help="rebuild files even when they are valid")
+    p.add_argument("--max-failed-frac", type=float, default=0.0,
+                   help="exit 0 while at most this fraction of the shard's utterances failed (default 0: any "
+                        "failure exits 1; e.g. 0.01 for a huge corpus with a few broken videos)")
     g = p.add_argument_group("extractor (defaults: the dataset YAML's features:)")
     g.add_argument("--rgb-size", type=int, default=None, help="RGB crop side (0 = no RGB)")
     g.add_argument("--landmarks", choices=LANDMARK_MODES, default=None, help="landmark source")
@@ -835,7 +932,7 @@ def run(args: argparse.Namespace, console=None) -> Report:
     _write_meta_if_changed(args.cache, ds.name, meta)
     mine = select(chosen, None, None, shard)
 
-    rep = Report()
+    rep = Report(failures_path=str(out_dir / "failures.jsonl"))
     todo = []
     member = _hash_member(plan.chash)
     for u in mine:
@@ -847,6 +944,7 @@ def run(args: argparse.Namespace, console=None) -> Report:
 
     _remove_stale_temps(args.cache, ds.name, todo)
     failures_path = out_dir / "failures.jsonl"
+    _reset_failures(failures_path, {(u.split, u.id) for u in chosen} - {(u.split, u.id) for u in mine})
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(), TimeRemainingColumn(),
                         console=console, transient=False, disable=not todo)
@@ -867,8 +965,8 @@ def run(args: argparse.Namespace, console=None) -> Report:
     with progress:
         task = progress.add_task(f"{ds.name} shard {args.shard}", total=len(todo), failed=0)
         if todo:
-            run_jobs(todo, _job, min(args.workers, len(todo)), _init_worker, (plan,), on_result, crash_result,
-                     stages=(_load_job, _finish_job))
+            run_jobs(todo, _job, min(args.workers, len(todo)), _init_worker, (plan, os.getpid()), on_result,
+                     crash_result, stages=(_load_job, _finish_job))
     rep.wall_s = time.perf_counter() - t_start
     rep.cache_bytes = _dir_bytes(out_dir)
     return rep
@@ -881,10 +979,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the readers' one-line notes
     console = Console(highlight=False)
     try:
+        if not 0.0 <= args.max_failed_frac <= 1.0:
+            raise UserError(f"--max-failed-frac must be in [0, 1], got {args.max_failed_frac}")
         rep = run(args, console)
-    except (ValueError, OSError) as e:  # configuration problems: one line, exit 2
-        console.print(f"error: {e}", markup=False, soft_wrap=True)
-        return 2
+    except (UserError, ValueError, OSError) as e:  # configuration problems: one line, exit 2
+        return print_user_error(e)
     except KeyboardInterrupt:
         console.print("interrupted: finished files are kept; run the same command again to resume", markup=False)
         return 130
@@ -893,10 +992,16 @@ def main(argv: list[str] | None = None) -> int:
                       f"({_fmt_bytes(rep.cache_bytes)}); nothing to do", markup=False, soft_wrap=True)
         return 0
     console.print(report_table(rep, f"features: {args.dataset} (shard {args.shard})"))
-    if rep.done + rep.skipped == 0:
-        if rep.failed:
-            console.print(f"error: all {rep.failed} utterances failed; see failures.jsonl", markup=False)
-            return 1
+    total = rep.done + rep.skipped + rep.failed
+    if rep.failed and (rep.done + rep.skipped == 0 or rep.failed > args.max_failed_frac * total):
+        print(f"error: {rep.failed} of {total} utterances failed (listed above and in {rep.failures_path}); "
+              "fix or remove them and rerun (finished files are kept), or pass "
+              f"--max-failed-frac {rep.failed / total:.3g} to accept this", file=sys.stderr)
+        return 1
+    if rep.failed:
+        print(f"warning: {rep.failed} of {total} utterances failed (within --max-failed-frac "
+              f"{args.max_failed_frac}); see failures.jsonl", file=sys.stderr)
+    elif rep.done + rep.skipped == 0:
         console.print("nothing to do for this shard", markup=False)
     return 0
 

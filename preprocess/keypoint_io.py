@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocess.configs import UserError
 from preprocess.layouts import FACE, HOLISTIC_543, LEFT_HAND, POSE, RIGHT_HAND, SUBSETS, layout_name
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ HOLISTIC_COMPONENTS = (
 DROPPED_COMPONENTS = frozenset({"POSE_WORLD_LANDMARKS"})
 
 
-class KeypointFileError(ValueError):
+class KeypointFileError(UserError):
     """A keypoint file that cannot be used; the message is one line naming the file."""
 
 
@@ -258,6 +259,21 @@ def keypoint_fps(path: str | os.PathLike) -> float | None:
         return float(reader.unpack(ConstStructs.float))
     except Exception as e:
         raise _fail(path, f"cannot read the frame rate ({type(e).__name__}: {e})") from None
+
+
+def keypoint_frame_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) in pixels stored in a ``.pose`` header (arrays carry none: None)."""
+    path = Path(path)
+    if path.suffix.lower() != ".pose":
+        return None
+    from pose_format.pose_header import PoseHeader
+    from pose_format.utils.reader import BufferReader
+
+    try:
+        dims = PoseHeader.read(BufferReader(path.read_bytes())).dimensions
+    except Exception as e:
+        raise _fail(path, f"cannot read the frame size ({type(e).__name__}: {e})") from None
+    return (int(dims.width), int(dims.height)) if dims.width > 0 and dims.height > 0 else None
 
 
 # --------------------------------------------------------------------------------------- save

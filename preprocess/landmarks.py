@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from preprocess.configs import UserError
 from preprocess.layouts import FACE, LEFT_HAND, POSE, RIGHT_HAND
 
 NUM_POINTS = RIGHT_HAND[1]  # 543
@@ -99,7 +100,7 @@ def quiet_native_stderr() -> Iterator[None]:
                     sys.stderr.flush()
 
 
-class NoPersonError(Exception):
+class NoPersonError(UserError):
     """No pose, face or hand was found on any frame; message ``"<video>: <problem>"``."""
 
 

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from preprocess.configs import UserError, write_error
+
 SPLITS = ("train", "dev", "test")
 
 
@@ -26,9 +28,14 @@ class Utterance:
     keypoints: str | None = None  # pre-extracted keypoint file (.npy/.npz/.pose), if any
     fps: float = 25.0  # frame rate of the source
     extra: dict = field(default_factory=dict)  # corpus-specific fields (e.g. translation)
+    width: int = 0  # frame width of the source in pixels (0 when unknown)
+    height: int = 0  # frame height of the source in pixels (0 when unknown)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
+        d = asdict(self)
+        if not (self.width or self.height):  # unknown size: manifests of corpora without it stay as they were
+            del d["width"], d["height"]
+        return json.dumps(d, ensure_ascii=False)
 
     @staticmethod
     def from_dict(d: dict) -> "Utterance":
@@ -37,6 +44,7 @@ class Utterance:
             glosses=list(d.get("glosses", [])), source=d.get("source"),
             num_frames=int(d.get("num_frames", 0)), keypoints=d.get("keypoints"),
             fps=float(d.get("fps", 25.0)), extra=dict(d.get("extra", {})),
+            width=int(d.get("width", 0)), height=int(d.get("height", 0)),
         )
 
 
@@ -44,14 +52,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write text via a temp file + rename so a crash never leaves a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_error(path, e) from e
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise write_error(path, e) from e
         raise
 
 
@@ -75,7 +88,8 @@ def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> None:
     ids = [u.id for u in utts]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise ValueError(f"{path}: duplicate utterance ids {dup}")
+        raise UserError(f"duplicate utterance ids {dup}: ids must be unique within a dataset; "
+                        "fix the corpus annotation (the manifest was not written)")
     write_text_if_changed(path, "".join(u.to_json() + "\n" for u in utts))
 
 

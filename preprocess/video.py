@@ -12,16 +12,19 @@ from __future__ import annotations
 import glob as _glob
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from preprocess.configs import UserError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 FOLDER_FPS = 25.0  # PHOENIX14/14-T frame folders are 25 fps and carry no rate of their own
 
 
-class VideoError(Exception):
+class VideoError(UserError):
     """A video that cannot be used; the message is ``"<path>: <problem>"`` on one line."""
 
     def __init__(self, path: str | Path, problem: str) -> None:
@@ -73,6 +76,59 @@ def read_frames(
     if len(frames) == 0:
         raise VideoError(path, "video has zero frames")
     return frames, fps
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video's headers say, without decoding it."""
+
+    fps: float  # frames per second (FOLDER_FPS for frame folders, which store none)
+    num_frames: int  # frames in the container header / images in the folder (0 when unknown)
+    width: int  # frame width in pixels
+    height: int  # frame height in pixels
+
+
+def probe_video(source: str | Path, folder_fps: float = FOLDER_FPS) -> VideoInfo:
+    """Frame rate, frame count and size of a video file or frame folder from headers only.
+
+    Reads PyAV's container and stream headers (milliseconds; nothing is decoded); a frame
+    folder is counted and its first image read. Raises VideoError when the source cannot
+    be opened.
+    """
+    path = Path(source)
+    if path.is_dir():
+        files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                       key=natural_key)
+        if not files:
+            raise VideoError(path, "frame folder holds no .png/.jpg/.jpeg frames")
+        h, w = _imread_rgb(str(files[0])).shape[:2]
+        return VideoInfo(float(folder_fps), len(files), int(w), int(h))
+    if not path.is_file():
+        raise VideoError(path, "no such file or folder; check the corpus source path and DATA_ROOT")
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(path, "file has no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            return VideoInfo(float(rate) if rate else FOLDER_FPS, int(stream.frames or 0),
+                             int(stream.codec_context.width), int(stream.codec_context.height))
+    except VideoError:
+        raise
+    except ImportError:  # PyAV missing: OpenCV reads the same headers
+        cap = cv2.VideoCapture(str(path))
+        try:
+            if not cap.isOpened():
+                raise VideoError(path, "not a readable video; check the file is a complete video") from None
+            fps = cap.get(cv2.CAP_PROP_FPS)
+            return VideoInfo(float(fps) if fps > 0 else FOLDER_FPS, int(max(cap.get(cv2.CAP_PROP_FRAME_COUNT), 0)),
+                             int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        finally:
+            cap.release()
+    except Exception as e:
+        raise VideoError(path, f"not a readable video ({_short(e)}); check the file is a complete video") from None
 
 
 def resize_crop(frames: np.ndarray, size: int) -> np.ndarray:

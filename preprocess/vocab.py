@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from preprocess.configs import MissingEntryError
 from preprocess.manifest import write_text_if_changed
 
 BLANK = "<blank>"
@@ -41,7 +42,7 @@ class Vocabulary:
         idx = self.index
         missing = [g for g in glosses if g not in idx]
         if missing:
-            raise KeyError(
+            raise MissingEntryError(
                 f"{where or 'sentence'}: glosses not in the vocabulary: {missing[:5]} "
                 "(the vocabulary is built from the training split; rebuild it or drop the utterance)"
             )

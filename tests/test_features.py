@@ -276,7 +276,7 @@ def test_bad_inputs_are_reported_and_the_run_carries_on(tmp_path, capsys, reques
     assert run(c, out, "--limit", "2") == 0
     good_before = snapshot(out / "toy" / "train") | snapshot(out / "toy" / "dev")
     capsys.readouterr()
-    assert run(c, out) == 0  # something succeeded: exit 0
+    assert run(c, out) == 1  # some utterances failed: the stage fails (the good files are kept)
     printed = capsys.readouterr().out
     bad = {
         "garbage": "garbage.mp4", "truncated": "truncated.mp4", "empty_folder": "videos/empty",
@@ -325,13 +325,13 @@ def test_exit_codes_for_total_failure_and_config_errors(tmp_path, capsys):
     assert run(c, out) == 1  # everything failed
     assert "FAILED lost: " in capsys.readouterr().out
     assert run(c, out, "--shard", "2/2") == 2
-    assert "--shard" in capsys.readouterr().out
+    assert "--shard" in capsys.readouterr().err
     (c.root / "corpus.csv").write_text(HEADER + "\n")  # empty manifest
     assert run(c, out) == 2
-    assert "no utterances" in capsys.readouterr().out
+    assert "no utterances" in capsys.readouterr().err
     c.yaml.write_text(json.dumps({"reader": "custom", "root": str(c.root), "features": {"rgb": 3}}))
     assert run(c, out) == 2
-    assert "rgb" in capsys.readouterr().out
+    assert "rgb" in capsys.readouterr().err
 
 
 def _crash_on_odd(job: int) -> Result:
