@@ -5,6 +5,8 @@ Stages (each skipped when its output is already complete, so an interrupted demo
   2. teacher   the multimodal fusion teacher is trained with CTC
   3. student   the KD-MSLRT landmark student is distilled from it (and, with --twin, its CTC-only twin)
   4. score     every model is decoded on dev and test and scored; a table closes the run
+  5. pictures  curves.png (training curves of every model) and alignment.png (the student's
+               first dev utterance: posteriors, decoded glosses, reference, errors)
 Every stage calls the same entry point a user would type (``main(argv)``), so the demo is also
 the end-to-end test of those commands.
 """
@@ -95,7 +97,21 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out / "results.json", json.dumps({"wer": results, "seconds": timings, "total_seconds": total},
                                                        indent=2) + "\n")
     _print_table(results, total)
+    for path in _pictures(out, runs, args.cache, dataset, args.beam):
+        print(f"picture: {path}")
     return 0
+
+
+def _pictures(out: Path, runs: dict[str, Path], cache: str, dataset: str, beam: int) -> list[Path]:
+    """Training curves of every model side by side, and the distilled student's first dev utterance."""
+    from evaluate.plot import plot_cached_utterance, plot_curves
+
+    labels = list(runs)
+    dirs = [runs[k].parent for k in labels]
+    curves = plot_curves(dirs, out / "curves.png", labels=[k.split(" (")[0] + f" ({d.name})" for k, d in zip(labels, dirs)])
+    student = runs[labels[1]] if len(labels) > 1 else runs[labels[0]]
+    utt = plot_cached_utterance(student, cache, out / "alignment.png", split="dev", beam=beam, dataset=dataset)
+    return [curves, utt]
 
 
 def _final_checkpoint(run_dir: Path) -> Path:

@@ -72,6 +72,23 @@ def decode_dataset(model: nn.Module, dataset: CacheDataset, vocab: Vocabulary, d
     return {u.id: hyps[u.id] for u in dataset.utts}  # manifest order
 
 
+def checkpoint_dataset(state: dict, cache: str | os.PathLike, dataset: str | None, split: str,
+                       ckpt_name: str) -> CacheDataset:
+    """The cached ``split`` as the checkpoint's model reads it (its streams and evaluation crop), after
+    checking the cache matches it. ``dataset`` defaults to the one the checkpoint was trained on."""
+    dataset = dataset or (state.get("cache") or {}).get("dataset")
+    if not dataset:
+        raise ValueError(f"{ckpt_name}: the checkpoint does not name its dataset; pass --dataset")
+    check_compatible(state, cache, dataset, ckpt_name=ckpt_name)
+    crop = state.get("crop_size")
+    if crop is None:  # not saved by every trainer: a spec smaller than the cache means a center crop
+        cached = int(meta_config(read_meta(cache, dataset)).get("rgb_size") or 0)
+        spec_rgb = int(state["input_spec"].get("rgb_size") or 0)
+        crop = spec_rgb if 0 < spec_rgb < cached else 0
+    return CacheDataset(cache, dataset, split, checkpoint_streams(state), augment=None,
+                        crop_size=int(crop), require_targets=False)
+
+
 def evaluate(ckpt: str | os.PathLike, cache: str | os.PathLike, dataset: str | None = None, split: str = "dev",
              beam: int = 10, out: str | os.PathLike | None = None, rules: str | None = None,
              device: str = "cpu", batch_size: int = 8, lm: GlossLM | None = None, lm_weight: float = 0.5,
@@ -87,18 +104,9 @@ def evaluate(ckpt: str | os.PathLike, cache: str | os.PathLike, dataset: str | N
 
     ckpt = Path(ckpt)
     model, state = load_model(ckpt, device)
-    dataset = dataset or (state.get("cache") or {}).get("dataset")
-    if not dataset:
-        raise ValueError(f"{ckpt}: the checkpoint does not name its dataset; pass --dataset")
-    check_compatible(state, cache, dataset, ckpt_name=str(ckpt))
+    ds = checkpoint_dataset(state, cache, dataset, split, str(ckpt))
+    dataset = ds.dataset
     rules = rules or state.get("train_config", {}).get("rules") or "none"
-    crop = state.get("crop_size")
-    if crop is None:  # not saved by every trainer: a spec smaller than the cache means a center crop
-        cached = int(meta_config(read_meta(cache, dataset)).get("rgb_size") or 0)
-        spec_rgb = int(state["input_spec"].get("rgb_size") or 0)
-        crop = spec_rgb if 0 < spec_rgb < cached else 0
-    ds = CacheDataset(cache, dataset, split, checkpoint_streams(state), augment=None,
-                      crop_size=int(crop), require_targets=False)
     if len(ds) == 0:
         raise ValueError(f"{ds.root}: split {split!r} has no cached utterances to evaluate; "
                          f"check --split or run `make features DATASET={dataset}`")
