@@ -731,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
                       "above come from face and body alone (check the hands are in view and lit)", file=sys.stderr)
             write_timed(res, args.video, args.json, args.ctm)
             if args.overlay:
-                from evaluate.overlay import write_overlay
+                from preprocess.render import write_overlay
 
                 write_overlay(args.video, args.overlay, res.timed, res.landmarks)
                 print(f"overlay: {args.overlay}", file=sys.stderr)
