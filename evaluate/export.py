@@ -14,7 +14,12 @@ entering each quantised op rounded to uint8 with a range measured per call (no c
 needed). Only ops with constant weights are quantised: MatMul (Linear layers) and LSTM, plus
 Conv for convolution-heavy models (see ``INT8_OPS``); attention's activation x activation
 MatMuls stay in float (MatMulConstBOnly). The file shrinks about 4x for those weights; accuracy is checked
-by comparing greedy outputs with the fp32 model (``compare_int8``), not assumed.
+by comparing greedy outputs with the fp32 model (``compare_int8``) on real cached utterances of the
+checkpoint's cache (``--cache``; random inputs only when no cache is found, and then said so), not assumed.
+
+Every export also writes a model card beside the model (``model.card.md`` + ``model.card.json``):
+vocabulary, inputs and normalisation, training data and recipe, the run's WERs when its
+``results.json`` is there, file sizes, onnxruntime latency on a 128-frame clip and the machine.
 """
 from __future__ import annotations
 
@@ -462,10 +467,177 @@ def load_checkpoint_model(path: str | os.PathLike) -> LoadedModel:
     return LoadedModel(model, spec, vocab, config, model_input_names(config), preprocess_info(ckpt, spec))
 
 
+def cached_inputs(ckpt_path: str | os.PathLike, cache: str | os.PathLike, split: str = "dev",
+                  max_utts: int = 16) -> tuple[dict[str, Tensor], Tensor, str]:
+    """Up to ``max_utts`` real utterances of a cached split, batched as the model reads them
+    (its streams and evaluation crop); returns (inputs, lengths, where they came from)."""
+    from evaluate.eval import checkpoint_dataset
+    from models.checkpoint import load_checkpoint
+    from models.data import collate
+
+    state = load_checkpoint(ckpt_path)
+    ds = checkpoint_dataset(state, cache, None, split, str(ckpt_path))
+    if len(ds) == 0:
+        raise ValueError(f"{ds.root}: split {split!r} has no cached utterances to compare int8 on; "
+                         "pass --compare-split or --cache")
+    n = min(max_utts, len(ds))
+    inputs, lengths, _, _, _ = collate([ds[i] for i in range(n)])
+    return inputs, lengths, f"{n} cached {split} utterances of {ds.dataset}"
+
+
+def measure_latency(onnx_path: str | os.PathLike, input_names: Sequence[str], spec: InputSpec, frames: int = 128,
+                    repeats: int = 20, threads: int = 1) -> dict[str, float]:
+    """Median and 90th-percentile milliseconds of one onnxruntime run on a ``frames``-long clip (batch 1)."""
+    import time
+
+    sess = ort_session(onnx_path, threads)
+    feed = _feed(example_inputs(input_names, spec, [frames], seed=3), torch.tensor([frames]))
+    sess.run(list(OUTPUT_NAMES), feed)  # warm-up
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        sess.run(list(OUTPUT_NAMES), feed)
+        times.append(1000 * (time.perf_counter() - t0))
+    return {"frames": frames, "threads": threads, "repeats": len(times),
+            "median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90))}
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the latency was measured."""
+    import platform
+
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "torch": torch.__version__}
+
+
+def _run_results(ckpt_path: Path) -> dict[str, Any] | None:
+    """WERs of the run the checkpoint belongs to: the ``results.json`` beside it or in a parent run folder."""
+    for folder in (ckpt_path.parent, ckpt_path.parent.parent):
+        f = folder / "results.json"
+        if f.is_file():
+            try:
+                data = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue
+            table = {}
+            for split, r in (data.get("splits") or {}).items():  # distill.train's results
+                if isinstance(r, dict) and "wer" in r:
+                    table[split] = {k: r[k] for k in ("wer", "sub", "del", "ins", "n_ref") if k in r}
+            for label, r in (data.get("wer") or {}).items():  # the demo's table: model -> split -> WER
+                if isinstance(r, dict):
+                    table[label] = r
+            return {"file": str(f), "beam": data.get("beam"), "wer": table} if table else None
+    return None
+
+
+def model_card(ckpt_path: str | os.PathLike, loaded: "LoadedModel", files: Mapping[str, Path],
+               latency: Mapping[str, Mapping[str, float]], int8: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a deployer needs to know about an exported model, as one JSON-able dict."""
+    from models.checkpoint import load_checkpoint
+
+    state = load_checkpoint(ckpt_path)
+    cache = state.get("cache") or {}
+    cache_cfg = dict(cache.get("config") or {})
+    train_cfg = dict(state.get("train_config") or {})
+    return {
+        "model": Path(ckpt_path).parent.name,
+        "checkpoint": str(ckpt_path),
+        "epoch": state.get("epoch"),
+        "dev_wer_at_selection": state.get("best"),
+        "kind": "student" if state.get("student_config") or "kind" in loaded.config else "teacher",
+        "config": loaded.config,
+        "vocabulary_size": len(loaded.vocab),
+        "blank": loaded.vocab[0],
+        "inputs": list(loaded.input_names) + ["lengths"],
+        "input_spec": {k: getattr(loaded.spec, k) for k in ("num_keypoints", "keypoint_layout", "rgb_size", "flow_size")},
+        "preprocessing": loaded.preprocess,
+        # landmark selection/normalisation runs inside the graph; these settings say which
+        "normalisation": {k: v for k, v in loaded.config.items() if k.startswith("keypoint_") and k != "keypoint_dim"},
+        "time_reduction": TIME_REDUCTION,
+        "training_data": {"dataset": cache.get("dataset"),
+                          **{k: cache_cfg[k] for k in ("landmark_source", "rgb_size", "keypoint_layout", "config_hash",
+                                                       "flow") if k in cache_cfg}},
+        "recipe": state.get("recipe") or {k: train_cfg[k] for k in ("epochs", "batch_size", "lr", "optimizer",
+                                                                     "schedule", "level_weights", "rules")
+                                          if k in train_cfg},
+        "results": _run_results(Path(ckpt_path)),
+        "files": {name: {"path": str(p), "bytes": p.stat().st_size} for name, p in files.items()},
+        "latency": dict(latency),
+        "int8_vs_fp32": dict(int8) if int8 else None,
+        "machine": machine_info(),
+        "exported_by": f"signdistill {_project_version()}",
+    }
+
+
+def card_markdown(card: Mapping[str, Any]) -> str:
+    """The card as a short Markdown page."""
+    lines = [f"# Model card: {card['model']} ({card['kind']})", "",
+             f"- checkpoint: `{card['checkpoint']}` (epoch {card['epoch']}, dev WER at selection "
+             f"{card['dev_wer_at_selection'] if card['dev_wer_at_selection'] is not None else 'n/a'})",
+             f"- vocabulary: {card['vocabulary_size']} entries, index 0 = `{card['blank']}` (CTC blank)",
+             f"- inputs: {', '.join(card['inputs'])}; output steps = frames // {card['time_reduction']}",
+             f"- input spec: {json.dumps(card['input_spec'])}",
+             f"- preprocessing: {json.dumps(card['preprocessing']) if card['preprocessing'] else 'none'}",
+             f"- normalisation: {json.dumps(card['normalisation']) if card['normalisation'] else 'inside the graph'}",
+             f"- training data: {json.dumps(card['training_data'])}",
+             f"- recipe: {json.dumps(card['recipe'], default=str)}", "", "## Files", "",
+             "| file | size |", "|---|---|"]
+    lines += [f"| {n}: `{Path(f['path']).name}` | {f['bytes'] / 1e6:.2f} MB |" for n, f in card["files"].items()]
+    lines += ["", "## Latency (onnxruntime, batch 1)", "", "| model | frames | threads | median ms | p90 ms |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {n} | {v['frames']} | {v['threads']} | {v['median_ms']:.2f} | {v['p90_ms']:.2f} |"
+              for n, v in card["latency"].items()]
+    m = card["machine"]
+    lines += ["", f"Measured on {m['cpu']} ({m['cores']} cores), {m['system']}, onnxruntime {m['onnxruntime']}."]
+    if card["int8_vs_fp32"]:
+        q = card["int8_vs_fp32"]
+        lines += ["", "## int8 vs fp32", "", f"On {q['inputs']}: max |logit diff| {q['max_abs_diff']:.3f}, frame argmax "
+                  f"agreement {q['frame_agreement']:.1%}, greedy sequence agreement {q['sequence_agreement']:.0%}."]
+    res = card["results"]
+    lines += ["", "## WER", ""]
+    if res:
+        lines += [f"From `{res['file']}`" + (f" (beam {res['beam']})" if res.get("beam") else "") + ":", "",
+                  "| model / split | WER (%) |", "|---|---|"]
+        for name, r in res["wer"].items():
+            cells = r.get("wer") if "wer" in r else ", ".join(f"{k} {v:.2f}" for k, v in r.items())
+            lines.append(f"| {name} | {cells:.2f} |" if isinstance(cells, float) else f"| {name} | {cells} |")
+    else:
+        lines.append("No results.json beside the checkpoint; score it with `python -m evaluate.eval`.")
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(onnx_path: str | os.PathLike, card: Mapping[str, Any]) -> tuple[Path, Path]:
+    """``model.onnx`` -> ``model.card.json`` and ``model.card.md`` beside it."""
+    from preprocess.manifest import atomic_write_text
+
+    p = Path(onnx_path)
+    js, md = p.with_name(p.stem + ".card.json"), p.with_name(p.stem + ".card.md")
+    atomic_write_text(js, json.dumps(card, indent=2, default=str) + "\n")
+    atomic_write_text(md, card_markdown(card))
+    return js, md
+
+
 def int8_path_for(onnx_path: str | os.PathLike) -> Path:
     """``model.onnx`` -> ``model.int8.onnx``."""
     p = Path(onnx_path)
     return p.with_name(p.stem + ".int8" + (p.suffix or ".onnx"))
+
+
+def _checkpoint_cache(ckpt_path: str | os.PathLike) -> str | None:
+    """The cache root the checkpoint was trained from, as its training config recorded it."""
+    from models.checkpoint import load_checkpoint
+
+    return (load_checkpoint(ckpt_path).get("data_config") or {}).get("cache")
 
 
 def _mb(path: Path) -> str:
@@ -484,6 +656,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-torch check")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest fp32 logit difference accepted")
+    parser.add_argument("--cache", help="cache root whose utterances int8 is compared on "
+                                         "(default: the one the checkpoint was trained from, if present)")
+    parser.add_argument("--compare-split", default="dev", help="cached split int8 is compared on (default dev)")
+    parser.add_argument("--compare-utts", type=int, default=16, help="utterances int8 is compared on")
+    parser.add_argument("--no-card", action="store_true", help="skip the model card (and its latency runs)")
+    parser.add_argument("--latency-repeats", type=int, default=20, help="timed runs per model for the card")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     try:
@@ -499,17 +677,31 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {out}: onnxruntime differs from torch by {diff:.2e} > {args.atol:.0e}; "
                       "an op exported wrongly (try another --opset)", file=sys.stderr)
                 return 1
+        files = {"fp32": out}
+        int8_stats = None
         if args.int8:
             ops = None if args.int8_ops == "auto" else tuple(o.strip() for o in args.int8_ops.split(",") if o.strip())
             q = quantize_int8(out, int8_path_for(out), ops)
             ops = ", ".join(f"{k} x{v}" for k, v in quantized_ops(q).items()) or "none"
             print(f"wrote {q} ({_mb(q)}); quantised ops: {ops}")
-            lengths = torch.tensor([200, 150])
-            stats = compare_int8(out, q, example_inputs(loaded.input_names, loaded.spec, lengths.tolist(), seed=2),
-                                 lengths)
-            print(f"int8 vs fp32 on random input: max |logit diff| {stats['max_abs_diff']:.3f}, "
-                  f"frame argmax agreement {stats['frame_agreement']:.1%}, "
-                  f"greedy sequence agreement {stats['sequence_agreement']:.0%}")
+            cache = args.cache or (_checkpoint_cache(args.ckpt))
+            if cache and Path(cache).is_dir():
+                inputs, lengths, where = cached_inputs(args.ckpt, cache, args.compare_split, args.compare_utts)
+            else:
+                lengths = torch.tensor([200, 150])
+                inputs = example_inputs(loaded.input_names, loaded.spec, lengths.tolist(), seed=2)
+                where = "random inputs (no cache found: pass --cache for real ones)"
+            int8_stats = {**compare_int8(out, q, inputs, lengths), "inputs": where}
+            print(f"int8 vs fp32 on {where}: max |logit diff| {int8_stats['max_abs_diff']:.3f}, "
+                  f"frame argmax agreement {int8_stats['frame_agreement']:.1%}, "
+                  f"greedy sequence agreement {int8_stats['sequence_agreement']:.0%}")
+            files["int8"] = q
+        if not args.no_card:
+            latency = {name: measure_latency(f, loaded.input_names, loaded.spec, repeats=args.latency_repeats)
+                       for name, f in files.items()}
+            js, md = write_model_card(out, model_card(args.ckpt, loaded, files, latency, int8_stats))
+            print(f"model card: {md} (+ {js.name}); latency " + ", ".join(
+                f"{n} {v['median_ms']:.2f} ms" for n, v in latency.items()) + f" per {latency['fp32']['frames']}-frame clip")
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
