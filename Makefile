@@ -16,7 +16,7 @@ SPLIT ?= dev
 OUT ?= exp
 STUDENT ?= exp/demo/student/best.pt
 
-.PHONY: setup features teacher student eval export tables demo test bench clean-cache
+.PHONY: setup features teacher student eval export tables demo test bench bench-scale clean-cache
 
 # The venv is rebuilt only when pyproject.toml changes, so `make setup` is quick when done.
 $(VENV)/.installed: pyproject.toml
@@ -71,6 +71,14 @@ bench: setup
 	@if [ -d $(OUT)/teachers ] || [ -d $(OUT)/students ]; then \
 		$(PY) -m evaluate.tables all --cache $(CACHE) --out $(OUT)/bench_tables.md --json $(OUT)/bench_tables.json; \
 	else echo "bench: no trained teachers or students under $(OUT) (make teacher / make student); skipping the tables"; fi
+
+# PHOENIX14-scale figures (README "Scale"): training/loader throughput, memory, epoch and cache size
+# (evaluate.scale), RAFT vs DIS at 224 and extraction frames/s per worker count (preprocess.bench --scale).
+# Small defaults on a CPU (a few minutes); on a GPU e.g. SCALE_ARGS="--clips 64".
+SCALE_ARGS ?=
+bench-scale: setup
+	$(PY) -m evaluate.speed --scale phoenix14 $(SCALE_ARGS) --json $(OUT)/bench_scale.json
+	$(PY) -m preprocess.bench --scale --workers-list 1,2,4,8,16 --out $(OUT)/bench_scale_features.json
 
 clean-cache:
 	rm -rf $(CACHE)

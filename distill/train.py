@@ -50,6 +50,7 @@ from models.students import build_student
 from models.train import RunConfig, TrainHooks, TrainingStopped, load_config, read_metrics, train
 from preprocess import cache as cache_lib
 from preprocess.configs import UserError, print_user_error
+from preprocess.device import resolve_device
 from preprocess.manifest import atomic_write_text
 from preprocess.vocab import Vocabulary
 
@@ -472,8 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     try:
+        device = str(resolve_device(args.device))
         recipe = load_recipe(args.recipe, cache=args.cache, epochs=args.epochs)
         out = Path(args.out) if args.out else Path("exp") / "students" / (recipe.name + ("_ctc" if args.no_kd else ""))
         results = run_recipe(recipe, out, teacher=args.teacher, kd=not args.no_kd, resume=args.resume,

@@ -7,6 +7,8 @@ frames for PyTorch, onnxruntime fp32 and int8 on ``--threads`` CPU threads. With
 each checkpoint is exported (fp32 + int8) to a temporary folder first. ``--live`` adds the
 live-recognition rate (MediaPipe + landmark model, frames/s) on a real clip, through the loop
 of ``python -m evaluate.infer --stream`` (``--live-workers`` MediaPipe graphs on threads).
+``--scale phoenix14`` runs the PHOENIX14-shaped training benchmark instead (``evaluate.scale``:
+training and loader throughput, memory, projected epoch time and cache size).
 
 Times are medians over ``--repeats`` runs after warm-up runs, batch 1, so one slow run
 (another process on the core) does not move the figure.
@@ -21,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -29,6 +31,7 @@ from models.base import InputSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLIP = "clips/wlasl_68011_book.mp4"  # under ../shared (or $SIGNDISTILL_SHARED)
+SCALES = ("phoenix14",)  # --scale: the PHOENIX14-shaped training benchmark (evaluate.scale)
 
 
 def _time_ms(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, float]:
@@ -119,22 +122,164 @@ def measure(model_or_session: Any, spec: InputSpec, frames: int = 200, threads: 
             "ms_min": fastest, "frames": frames, "threads": threads, "repeats": repeats}
 
 
+class PeakMemory:
+    """Peak memory while a block runs: the CUDA allocator's peak on a GPU, else the rise of this
+    process's resident set over its level at entry (sampled every few ms on a thread).
+
+    ``peak_bytes`` and ``kind`` ("cuda_peak_allocated" | "cpu_rss_increase") are set on exit.
+    """
+
+    def __init__(self, device: Any = "cpu", interval_s: float = 0.005) -> None:
+        import torch
+
+        self.device, self.interval_s = torch.device(device), interval_s
+        self.peak_bytes, self.kind = 0, "cuda_peak_allocated" if self.device.type == "cuda" else "cpu_rss_increase"
+        self._stop, self._thread, self._base, self._max = None, None, 0, 0
+
+    @staticmethod
+    def rss_bytes() -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):  # not Linux: the lifetime peak, a coarser figure
+            import resource
+
+            scale = 1 if sys.platform == "darwin" else 1024
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+    def __enter__(self) -> "PeakMemory":
+        import threading
+
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        _release_freed_memory()  # else memory freed by an earlier measurement hides this one's growth
+        self._base = self._max = self.rss_bytes()
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(self.interval_s):
+                self._max = max(self._max, self.rss_bytes())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
+            return
+        self._stop.set()
+        self._thread.join()
+        self._max = max(self._max, self.rss_bytes())
+        self.peak_bytes = max(0, self._max - self._base)
+
+
+def _release_freed_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``; elsewhere a no-op)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def time_training(model: Any, batches: Iterable[Sequence[Any]], tc: Any, device: Any = "cpu", warmup: int = 1,
+                  compile: bool = False) -> dict[str, Any]:
+    """Optimizer steps exactly as ``models.train`` takes them, timed; the first ``warmup`` untimed.
+
+    Each batch is a ``models.data.collate`` tuple (uint8 or float RGB). A step moves it to
+    ``device`` (:func:`models.data.to_device`), runs the model under the trainer's autocast dtype
+    (bfloat16/float16 on CUDA with ``tc.amp``, float32 on CPU), the CTC loss in float32, the
+    GradScaler when float16, gradient clipping and the optimizer (``make_optimizer(tc)``);
+    channels-last convolutions on CUDA and, with ``compile``, ``torch.compile``. A batch that
+    does not fit in GPU memory raises ``models.train.BatchTooLarge`` (one line). ``batches`` may be
+    a lazy generator: loading then counts in the time (as training in one process does).
+
+    Returns:
+        ``clips``, ``frames`` (real, unpadded), ``seconds``, ``clips_per_s``, ``frames_per_s``,
+        ``steps``, ``peak_bytes`` and ``memory`` (what the peak is: :class:`PeakMemory`), ``amp``
+        (the autocast dtype or None). The model is left in train mode; its weights change.
+    """
+    import torch
+
+    from models.data import to_device
+    from models.train import (autocast_dtype, channels_last, ctc_loss_levels, make_optimizer, make_scaler,
+                              maybe_compile, oom_guard)
+
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    device = torch.device(device)
+    model.to(device)
+    channels_last(model, device)
+    net = maybe_compile(model, compile)
+    opt = make_optimizer(model, tc)
+    amp = autocast_dtype(device, tc.amp)
+    scaler = make_scaler(amp)
+    model.train()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    clips = frames = steps = 0
+    t0 = time.perf_counter()
+    with PeakMemory(device) as mem:
+        for i, batch in enumerate(batches):
+            if i == warmup:
+                sync()
+                clips = frames = steps = 0
+                t0 = time.perf_counter()
+            inputs, lengths, targets, target_lengths = batch[:4]
+            inputs = to_device(inputs, device)
+            with oom_guard(lengths, tc):
+                with torch.autocast(device.type, dtype=amp or torch.float16, enabled=amp is not None):
+                    out = net(inputs, lengths.to(device))
+                loss, _ = ctc_loss_levels(out, targets.to(device), target_lengths.to(device), tc.level_weights)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if tc.grad_clip > 0:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+            clips += len(lengths)
+            frames += int(lengths.sum())
+            steps += 1
+        sync()
+        seconds = time.perf_counter() - t0
+    if steps == 0:
+        raise ValueError(f"no timed steps: {warmup} warm-up batch(es) used every batch given; pass more batches")
+    return {"clips": clips, "frames": frames, "steps": steps, "seconds": seconds, "clips_per_s": clips / seconds,
+            "frames_per_s": frames / seconds, "peak_bytes": mem.peak_bytes, "memory": mem.kind,
+            "amp": None if amp is None else str(amp).removeprefix("torch.")}
+
+
 def training_clips_per_s(model: Any, ckpt: dict[str, Any], cache: str | os.PathLike, dataset: str | None = None,
                          batches: int = 10, warmup: int = 1, threads: int | None = None) -> float:
     """Training throughput of a checkpoint's model, clips per second, measured now.
 
     Runs ``warmup + batches`` optimizer steps the way ``models.train`` does (its training split,
     augmentation, batch size, level weights and optimizer, read from the checkpoint; data loading
-    in this process) and times the last ``batches``. Training logs record clips/s too, but
-    those depend on whatever else ran while the model trained; this figure is taken on the
-    machine as it is now (``make bench`` on an idle machine), on ``threads`` CPU threads (default:
-    every core, as training uses). The model is left in eval mode; its weights change (pass a
-    copy if they matter).
+    in this process; :func:`time_training`) and times the last ``batches``. Training logs record
+    clips/s too, but those depend on whatever else ran while the model trained; this figure is
+    taken on the machine as it is now (``make bench`` on an idle machine), on ``threads`` CPU
+    threads (default: every core, as training uses). The model is left in eval mode; its weights
+    change (pass a copy if they matter).
     """
     import torch
 
     from models.data import AugmentConfig, BucketBatchSampler, CacheDataset, collate
-    from models.train import ctc_loss_levels, make_optimizer, TrainConfig
+    from models.train import TrainConfig
 
     if batches < 1 or warmup < 0:
         raise ValueError(f"batches must be >= 1 and warmup >= 0, got {batches}, {warmup}")
@@ -149,24 +294,12 @@ def training_clips_per_s(model: Any, ckpt: dict[str, Any], cache: str | os.PathL
     if len(order) < warmup + batches:
         raise ValueError(f"the training split has {len(order)} batches of {tc.batch_size}; "
                          f"{warmup + batches} are needed to measure training speed")
-    opt = make_optimizer(model, tc)
     before = torch.get_num_threads()
     torch.set_num_threads(threads or os.cpu_count() or 1)
-    model.train()
+    device = next(model.parameters()).device
     try:
-        clips, t0 = 0, 0.0
-        for i, idx in enumerate(order[: warmup + batches]):
-            if i == warmup:
-                clips, t0 = 0, time.perf_counter()
-            inputs, lengths, targets, target_lengths, _ = collate([ds[j] for j in idx])
-            loss, _ = ctc_loss_levels(model(inputs, lengths), targets, target_lengths, tc.level_weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            clips += len(idx)
-        return clips / (time.perf_counter() - t0)
+        loaded = (collate([ds[j] for j in idx]) for idx in order[: warmup + batches])
+        return time_training(model, loaded, tc, device, warmup)["clips_per_s"]
     finally:
         model.eval()
         torch.set_num_threads(before)
@@ -318,7 +451,16 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--scale", choices=SCALES)
+    known, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if known.scale:  # the training-scale benchmark has its own options
+        from evaluate.scale import main as scale_main
+
+        return scale_main(rest)
     parser = argparse.ArgumentParser(prog="python -m evaluate.speed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", choices=SCALES,
+                        help="run the training-scale benchmark instead (python -m evaluate.scale; its options follow)")
     parser.add_argument("--ckpt", nargs="*", default=[], help="checkpoint(s), one table row each")
     parser.add_argument("--onnx", help="exported fp32 model (with one --ckpt: its export; alone: timed alone)")
     parser.add_argument("--int8", help="exported int8 model (default: <onnx stem>.int8.onnx or made now)")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from models.base import InputSpec
 from preprocess import cache as cache_lib
@@ -124,14 +126,56 @@ def _scan(path: Path, first: str, chash: str | None) -> int | None:
         return None
 
 
+def mmap_utt(path: str | os.PathLike, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The named arrays of one cache file as read-only memory maps (no bytes read yet).
+
+    The cache is written uncompressed (``ZIP_STORED``), so each ``.npy`` member is a plain byte
+    range of the file: slicing a map (crop, time subsampling) reads only the frames and pixels
+    kept, straight from the page cache, with no zip-member copy in between. A compressed member
+    falls back to ``preprocess.cache.load_utt``.
+    """
+    out: dict[str, np.ndarray] = {}
+    with open(path, "rb") as raw, zipfile.ZipFile(raw) as zf:
+        for name in names:
+            try:
+                info = zf.getinfo(f"{name}.npy")
+            except KeyError:
+                return cache_lib.load_utt(path, tuple(names))  # its one-line error names the missing array
+            if info.compress_type != zipfile.ZIP_STORED:
+                return cache_lib.load_utt(path, tuple(names))
+            raw.seek(info.header_offset)
+            local = raw.read(30)  # zip local file header: name and extra lengths at bytes 26..30
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            start = info.header_offset + 30 + name_len + extra_len
+            raw.seek(start)
+            version = np.lib.format.read_magic(raw)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(raw)
+            if fortran or dtype.hasobject:
+                return cache_lib.load_utt(path, tuple(names))
+            offset = raw.tell()
+            if int(np.prod(shape)) == 0:
+                out[name] = np.zeros(shape, dtype)
+            else:
+                out[name] = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+    return out
+
+
 class CacheDataset(Dataset):
     """One split of a cached dataset; items are dicts of tensors plus encoded targets.
 
     Item: ``{"inputs": {name: Tensor}, "targets": LongTensor [L], "id": str}`` where
-    ``rgb`` is uint8 [T, 3, H, W] (turned into float [0, 1] by :func:`collate`, which keeps
-    memory low while items wait in worker queues), ``keypoints`` float32 [T, K, 3],
-    ``keypoints_mask`` bool [T, K] and ``flow`` float32 [T, 2, h, w] in pixels.
+    ``rgb`` is uint8 [T, 3, H, W] (a channel-last view: :func:`collate` pads it into a
+    contiguous batch, the one copy; float [0, 1] there or, for training, only on the GPU via
+    :func:`to_device`), ``keypoints`` float32 [T, K, 3], ``keypoints_mask`` bool [T, K] and
+    ``flow`` float32 [T, 2, h, w] in pixels.
+
+    Files are read through memory maps (:func:`mmap_utt`). The epoch is kept in shared memory,
+    so :meth:`set_epoch` reaches persistent DataLoader workers too (``epoch_shared``).
     """
+
+    epoch_shared = True  # set_epoch is seen by forked/spawned workers: persistent workers are safe
 
     def __init__(
         self,
@@ -147,7 +191,8 @@ class CacheDataset(Dataset):
         self.root = cache_lib.dataset_dir(cache_root, dataset)
         self.dataset, self.split, self.streams = dataset, split, tuple(streams)
         self.names = cache_arrays(self.streams)
-        self.augment, self.seed, self.epoch = augment, seed, 0
+        self._epoch = multiprocessing.RawValue("q", 0)  # shared with DataLoader workers
+        self.augment, self.seed = augment, seed
         self.crop_size = augment.crop_size if (crop_size is None and augment) else int(crop_size or 0)
         self.meta = cache_lib.read_meta(cache_root, dataset)
         self.config = meta_config(self.meta)
@@ -211,9 +256,13 @@ class CacheDataset(Dataset):
     def __len__(self) -> int:
         return len(self.utts)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draws of ``epoch`` (call before building the epoch's iterator)."""
-        self.epoch = epoch
+        self._epoch.value = int(epoch)
 
     def spec(self) -> InputSpec:
         """The InputSpec of the streams this dataset loads (after its crop)."""
@@ -222,7 +271,7 @@ class CacheDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         u = self.utts[i]
         path = cache_lib.utt_path(self.root.parent, self.dataset, self.split, u.id)
-        arr = cache_lib.load_utt(path, self.names)
+        arr = mmap_utt(path, self.names)
         frames = {k: len(v) for k, v in arr.items()}
         if len(set(frames.values())) != 1:
             raise ValueError(f"{path}: streams have different frame counts {frames}; rebuild it with `make features`")
@@ -253,22 +302,22 @@ class CacheDataset(Dataset):
 
         out: dict[str, Tensor] = {}
         if "rgb" in arr:
-            rgb = arr["rgb"][idx]  # [T', H, W, 3] uint8
-            rgb = _crop(rgb, window, axes=(1, 2))
+            rgb = _crop(arr["rgb"], window, axes=(1, 2))[idx]  # [T', c, c, 3] uint8: reads only the crop
             if flip:
                 rgb = rgb[:, :, ::-1]
-            out["rgb"] = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).contiguous()
+            # [T', c, c, 3] -> [T', 3, c, c] as a view: collate's padding copy does the transpose
+            out["rgb"] = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2)
         if "flow" in arr:
-            flow = dequantize_flow(arr["flow"][idx], self.flow_scale)  # [T', 2, h, w] float32 pixels
+            flow = dequantize_flow(_crop(arr["flow"], window, axes=(2, 3))[idx], self.flow_scale)  # [T', 2, c, c] px
             flow *= step  # motion per output step grows when frames are skipped
-            flow = _crop(flow, window, axes=(2, 3))
             if flip:
                 flow = flow[..., ::-1].copy()
                 flow[:, 0] *= -1.0  # x displacement changes sign in a mirror
             out["flow"] = torch.from_numpy(np.ascontiguousarray(flow))
         if "keypoints" in arr:
-            kp = np.nan_to_num(arr["keypoints"][idx].astype(np.float32))  # [T', K, 3]
-            mask = arr["keypoints_mask"][idx].astype(bool) & ~np.isnan(arr["keypoints"][idx]).any(-1)
+            raw_kp = arr["keypoints"][idx]  # [T', K, 3] float16, read once
+            kp = np.nan_to_num(raw_kp.astype(np.float32))  # [T', K, 3]
+            mask = arr["keypoints_mask"][idx].astype(bool) & ~np.isnan(raw_kp).any(-1)
             if window is not None:
                 # Landmarks follow the crop only beside image streams: a landmark-only model keeps
                 # full-frame coordinates, as it will see them at deployment.
@@ -298,12 +347,14 @@ def _crop(x: np.ndarray, window: tuple[float, float, float] | None, axes: tuple[
     return x[tuple(sl)]
 
 
-def collate(batch: list[dict[str, Any]]) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, list[str]]:
+def collate(batch: list[dict[str, Any]], rgb_float: bool = True
+            ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, list[str]]:
     """Pad a list of items along time.
 
     Returns ``(inputs, lengths [B], targets [sum L], target_lengths [B], ids)`` with inputs
     padded to [B, T_max, ...] (zeros after each length; ``keypoints_mask`` False there) and
-    ``rgb`` converted to float in [0, 1].
+    ``rgb`` converted to float in [0, 1], or left uint8 with ``rgb_float=False`` (a quarter of
+    the bytes to pin and copy; :func:`to_device` converts it on the device).
     """
     if not batch:
         raise ValueError("collate got an empty batch")
@@ -317,10 +368,37 @@ def collate(batch: list[dict[str, Any]]) -> tuple[dict[str, Tensor], Tensor, Ten
         for j, b in enumerate(batch):
             x = b["inputs"][name]
             padded[j, : len(x)] = x
-        inputs[name] = padded.float().div_(255.0) if name == "rgb" else padded
+        inputs[name] = padded.float().div_(255.0) if name == "rgb" and rgb_float else padded
     targets = torch.cat([b["targets"] for b in batch])
     target_lengths = torch.tensor([len(b["targets"]) for b in batch], dtype=torch.long)
     return inputs, lengths, targets, target_lengths, [b["id"] for b in batch]
+
+
+def collate_uint8(batch: list[dict[str, Any]]) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, list[str]]:
+    """:func:`collate` keeping ``rgb`` uint8 (picklable for worker processes, unlike a lambda)."""
+    return collate(batch, rgb_float=False)
+
+
+def to_device(inputs: dict[str, Tensor], device: torch.device | str, non_blocking: bool = True) -> dict[str, Tensor]:
+    """Move a batch's inputs to ``device``; uint8 ``rgb`` becomes float [0, 1] there, after the copy."""
+    out = {}
+    for k, v in inputs.items():
+        v = v.to(device, non_blocking=non_blocking)
+        out[k] = v.float().div_(255.0) if k == "rgb" and v.dtype == torch.uint8 else v
+    return out
+
+
+def make_loader(dataset: Dataset, batch_sampler: Sampler, collate_fn: Any, num_workers: int,
+                device: torch.device | str = "cpu", prefetch_factor: int = 4) -> DataLoader:
+    """The DataLoader every trainer uses: pinned memory when feeding a GPU, workers kept across
+    epochs when the dataset's epoch reaches them (``epoch_shared``), ``prefetch_factor`` batches
+    queued per worker."""
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs["prefetch_factor"] = prefetch_factor
+        kwargs["persistent_workers"] = bool(getattr(dataset, "epoch_shared", False))
+    return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn, num_workers=num_workers,
+                      pin_memory=torch.device(device).type == "cuda", **kwargs)
 
 
 class BucketBatchSampler(Sampler[list[int]]):
@@ -330,6 +408,11 @@ class BucketBatchSampler(Sampler[list[int]]):
     ``bucket_batches`` batches that are shuffled inside, cut into batches, and the batch
     order is shuffled. Every rank gets the same number of batches (the last ones wrap
     around to the start), so DDP ranks never wait on each other at the end of an epoch.
+
+    ``max_frames`` (a frame budget; 0: none) also closes a batch before its padded size
+    ``len(batch) * longest`` would pass the budget, so memory per step stays bounded while
+    short clips still share big batches. A clip longer than the budget gets a batch alone. The
+    batch count then depends a little on the shuffle; ``len()`` is that of the current epoch.
     """
 
     def __init__(
@@ -341,9 +424,12 @@ class BucketBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         bucket_batches: int = 4,
+        max_frames: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_frames < 0:
+            raise ValueError(f"max_frames (the frame budget) must be >= 0, got {max_frames}")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} outside [0, {num_replicas})")
         if len(lengths) == 0:
@@ -351,18 +437,43 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.lengths = np.asarray(lengths)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.num_replicas, self.rank, self.bucket_batches = num_replicas, rank, bucket_batches
+        self.max_frames = int(max_frames)
         self.epoch = 0
+        self._cached: tuple[int, list[list[int]]] | None = None  # (epoch, batches) under a frame budget
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _num_batches(self) -> int:
+        if self.max_frames:
+            return len(self._batches())
         return math.ceil(len(self.lengths) / self.batch_size)
 
     def __len__(self) -> int:
         return math.ceil(self._num_batches() / self.num_replicas)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def _cut(self, order: np.ndarray) -> list[list[int]]:
+        """Consecutive batches of ``order``: at most batch_size items and, with a budget,
+        at most max_frames padded frames."""
+        bs = self.batch_size
+        if not self.max_frames:
+            return [order[s : s + bs].tolist() for s in range(0, len(order), bs)]
+        batches, cur, longest = [], [], 0
+        for i in order.tolist():
+            n = int(self.lengths[i])
+            if cur and (len(cur) == bs or (len(cur) + 1) * max(longest, n) > self.max_frames):
+                batches.append(cur)
+                cur, longest = [], 0
+            cur.append(i)
+            longest = max(longest, n)
+        if cur:
+            batches.append(cur)
+        return batches
+
+    def _batches(self) -> list[list[int]]:
+        """Every batch of the current epoch (all ranks), in order."""
+        if self._cached is not None and self._cached[0] == self.epoch:
+            return self._cached[1]
         n, bs = len(self.lengths), self.batch_size
         if self.shuffle:
             rng = np.random.default_rng([self.seed, self.epoch])
@@ -372,9 +483,14 @@ class BucketBatchSampler(Sampler[list[int]]):
                 order[s : s + bucket] = rng.permutation(order[s : s + bucket])
         else:
             order = np.argsort(self.lengths, kind="stable")
-        batches = [order[s : s + bs].tolist() for s in range(0, n, bs)]
+        batches = self._cut(order)
         if self.shuffle:
             batches = [batches[j] for j in rng.permutation(len(batches))]
+        self._cached = (self.epoch, batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = list(self._batches())
         total = len(self) * self.num_replicas
         batches += batches[: total - len(batches)]  # wrap around so every rank has len(self)
         return iter(batches[self.rank :: self.num_replicas])

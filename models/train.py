@@ -25,9 +25,10 @@ import os
 import random
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -39,8 +40,10 @@ from torch.utils.data import DataLoader, Dataset
 from models.base import InputSpec, ModelOutput
 from models.build import ModelConfig, build_model
 from models.checkpoint import check_compatible, load_checkpoint, remove_stale_temps, save_checkpoint, spec_to_dict
-from models.data import AugmentConfig, BucketBatchSampler, CacheDataset, collate, meta_config
+from models.data import (AugmentConfig, BucketBatchSampler, CacheDataset, collate, collate_uint8, make_loader,
+                         meta_config, to_device)
 from preprocess.configs import ConfigError, UserError, from_dict, load_yaml, print_user_error
+from preprocess.device import resolve_device
 from preprocess.manifest import atomic_write_text
 
 if TYPE_CHECKING:
@@ -80,7 +83,9 @@ class TrainConfig:
     level_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LEVEL_WEIGHTS))  # CTC weight per output level (fnmatch patterns allowed, e.g. "conv_*"); levels not listed weigh 0
     seed: int = 0  # seeds init, augmentation, batch order and dropout
     num_workers: int = 0  # DataLoader worker processes
-    amp: bool = True  # float16 autocast + grad scaling; only ever used on CUDA
+    amp: bool = True  # CUDA only: bfloat16 autocast where the GPU has it, else float16 + grad scaling
+    frame_budget: int = 0  # max padded frames (clips x longest) per batch, besides batch_size (0: no budget)
+    compile: bool = False  # torch.compile the model (falls back to eager with a warning where it fails)
     beam: int = 1  # dev decoding beam (1: greedy)
     eval_every: int = 1  # decode dev every N epochs (and always after the last one)
     rules: str = "none"  # WER normalisation rules: "none" | "phoenix14" | "phoenix14t"
@@ -97,6 +102,8 @@ class TrainConfig:
             raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not self.lr > 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr!r}")
+        if self.frame_budget < 0:
+            raise ValueError(f"train.frame_budget must be >= 0 (0: none), got {self.frame_budget!r}")
         if self.warmup_epochs < 0 or self.grad_clip < 0 or self.weight_decay < 0 or self.num_workers < 0:
             raise ValueError("train.warmup_epochs, grad_clip, weight_decay and num_workers must be >= 0, got "
                              f"{self.warmup_epochs}, {self.grad_clip}, {self.weight_decay}, {self.num_workers}")
@@ -228,7 +235,15 @@ def ctc_loss_levels(out: ModelOutput, targets: Tensor, target_lengths: Tensor,
     Each level's loss is ``F.ctc_loss`` (mean over target lengths, then over the batch) with
     ``zero_infinity`` so an infeasible alignment contributes nothing instead of inf.
     Unweighted levels enter as ``0 * sum`` so every head stays in the graph (DDP needs it).
+    The loss is computed in float32 with autocast switched off, whatever the logits' dtype: the
+    CTC forward-backward sums probabilities over long paths and under- or overflows in 16 bits.
     """
+    with torch.autocast(out.out_lengths.device.type, enabled=False):
+        return _ctc_loss_levels_fp32(out, targets, target_lengths, weights)
+
+
+def _ctc_loss_levels_fp32(out: ModelOutput, targets: Tensor, target_lengths: Tensor,
+                          weights: dict[str, float]) -> tuple[Tensor, dict[str, Tensor]]:
     total = torch.zeros((), device=out.out_lengths.device)
     parts: dict[str, Tensor] = {}
     for level, logits in out.logits.items():
@@ -267,6 +282,86 @@ def lr_factor(step: int, tc: TrainConfig, steps_per_epoch: int) -> float:
         epoch = step // max(1, steps_per_epoch)
         return tc.step_gamma ** sum(epoch >= m for m in tc.step_epochs)
     return 1.0
+
+
+# ------------------------------------------------------------------ accelerator
+
+
+def autocast_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """The mixed-precision dtype for ``device``: bfloat16 on GPUs that have it (same exponent range as
+    float32: no loss scaling), float16 on older ones; None (plain float32) on CPU or when disabled."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def make_scaler(dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """A GradScaler, enabled only for float16 (bfloat16 and float32 gradients do not underflow)."""
+    return torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+
+
+def channels_last(model: nn.Module, device: torch.device) -> nn.Module:
+    """Convolution weights in NHWC on CUDA (tensor cores read that layout; convolutions then return it too).
+
+    In place (parameters keep their identity, so an optimizer built before still holds them);
+    a no-op on CPU and for models without 2D convolutions.
+    """
+    if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+class _CompiledOrEager(nn.Module):
+    """``torch.compile`` of a module that falls back to the module itself, with one warning, when
+    compiling fails (no compiler toolchain, an unsupported op); parameters are shared."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.eager = module
+        self.compiled: Callable | None = torch.compile(module)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as e:  # compile errors surface at the first call, typed by the backend
+                log.warning("torch.compile failed (%s: %s); training eagerly", type(e).__name__,
+                            " ".join(str(e).split())[:200])
+                self.compiled = None
+        return self.eager(*args, **kwargs)
+
+
+def maybe_compile(module: nn.Module, enabled: bool) -> nn.Module:
+    """``module`` compiled (train.compile) with an eager fallback, or ``module`` itself."""
+    if not enabled:
+        return module
+    try:
+        return _CompiledOrEager(module)
+    except Exception as e:  # torch.compile itself refuses (e.g. an unsupported Python)
+        log.warning("torch.compile unavailable (%s: %s); training eagerly", type(e).__name__, e)
+        return module
+
+
+class BatchTooLarge(ValueError):
+    """A batch did not fit in GPU memory; the message names its size and the fix."""
+
+
+@contextmanager
+def oom_guard(lengths: Tensor, tc: TrainConfig) -> Iterator[None]:
+    """Turn a CUDA out-of-memory error in a training step into one line naming the batch."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        b, t = len(lengths), int(lengths.max()) if len(lengths) else 0
+        budget = f"now {tc.frame_budget}" if tc.frame_budget else "now unset"
+        raise BatchTooLarge(
+            f"CUDA out of memory on a batch of {b} clip(s) x {t} frames ({b * t} padded frames, "
+            f"{int(lengths.sum())} real); lower the frame budget (train.frame_budget, {budget}; e.g. "
+            f"{max(t, b * t // 2)}) or train.batch_size ({tc.batch_size})") from None
 
 
 # ------------------------------------------------------------------ RNG and DDP
@@ -316,11 +411,7 @@ class Dist:
 
 def setup_distributed(device: str) -> Dist:
     """Pick the device and, under torchrun (RANK/WORLD_SIZE set), join the process group."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError("--device cuda but no CUDA device is visible; use --device cpu")
+    use_cuda = resolve_device(device).type == "cuda"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist(0, 1, torch.device("cuda" if use_cuda else "cpu"))
@@ -364,8 +455,8 @@ def _stop_message(problem: str, epoch: int, step: int, ids: Sequence[str], input
 
 @torch.no_grad()
 def evaluate_dev(model: nn.Module, loader: DataLoader, dataset: CacheDataset, tc: TrainConfig,
-                 device: torch.device, amp: bool):
-    """Decode the dev split; returns (ScoreResult, mean weighted CTC loss)."""
+                 device: torch.device, amp: torch.dtype | None):
+    """Decode the dev split (``amp``: the autocast dtype, None for float32); returns (ScoreResult, mean weighted CTC loss)."""
     from evaluate.eval import decode_log_probs
     from evaluate.wer import score
 
@@ -373,8 +464,8 @@ def evaluate_dev(model: nn.Module, loader: DataLoader, dataset: CacheDataset, tc
     hyps: dict[str, list[str]] = {}
     losses: list[float] = []
     for inputs, lengths, targets, target_lengths, ids in loader:
-        inputs = {k: v.to(device) for k, v in inputs.items()}
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        inputs = to_device(inputs, device)
+        with torch.autocast(device.type, dtype=amp or torch.float16, enabled=amp is not None):
             out = model(inputs, lengths.to(device))
         loss, _ = ctc_loss_levels(out, targets.to(device), target_lengths.to(device), tc.level_weights)
         losses.append(float(loss))
@@ -445,7 +536,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist, hooks: TrainHoo
     last_path, best_path, metrics_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "metrics.jsonl"
     if last_path.exists() and not resume:
         raise ValueError(f"{last_path} exists: pass --resume to continue that run, or choose another --out")
-    amp = tc.amp and d.device.type == "cuda"
+    amp = autocast_dtype(d.device, tc.amp)  # None: float32
     if d.main:
         for tmp in remove_stale_temps(out_dir):
             log.info("removed %s (a checkpoint write that a killed run left unfinished)", tmp)
@@ -463,16 +554,16 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist, hooks: TrainHoo
     vocab, spec = train_ds.vocab, train_ds.spec()
     train_data = hooks.train_data(train_ds) if hooks.train_data else train_ds  # e.g. + cached teacher outputs
     sampler = BucketBatchSampler(train_data.lengths, tc.batch_size, shuffle=True, seed=tc.seed,
-                                 num_replicas=d.world, rank=d.rank)
-    loader = DataLoader(train_data, batch_sampler=sampler, collate_fn=hooks.collate or collate,
-                        num_workers=tc.num_workers, pin_memory=d.device.type == "cuda")
+                                 num_replicas=d.world, rank=d.rank, max_frames=tc.frame_budget)
+    loader = make_loader(train_data, sampler, hooks.collate or collate_uint8, tc.num_workers, d.device)
     dev_loader = None
     if len(dev_ds):
-        dev_loader = DataLoader(dev_ds, batch_sampler=BucketBatchSampler(dev_ds.lengths, tc.batch_size, shuffle=False),
-                                collate_fn=collate, num_workers=tc.num_workers)
+        dev_sampler = BucketBatchSampler(dev_ds.lengths, tc.batch_size, shuffle=False, max_frames=tc.frame_budget)
+        dev_loader = make_loader(dev_ds, dev_sampler, collate_uint8, tc.num_workers, d.device)
 
     # Model (+ modules trained beside it), optimizer, schedule.
     model = (hooks.build_model or (lambda n, s: build_model(cfg.model, n, s)))(len(vocab), spec).to(d.device)
+    channels_last(model, d.device)
     model_config = hooks.model_config or cfg.model.to_dict()
     trained: nn.Module = model
     if hooks.extra_modules is not None:
@@ -480,7 +571,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist, hooks: TrainHoo
     optimizer = make_optimizer(trained, tc)
     steps_per_epoch = len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc, steps_per_epoch))
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    scaler = make_scaler(amp)
     n_params = sum(p.numel() for p in model.parameters())
     cache_info = {"dataset": dc.dataset, "config": meta_config(train_ds.meta),
                   "config_hash": train_ds.meta.get("config_hash")}
@@ -497,7 +588,8 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist, hooks: TrainHoo
             hooks.extra_modules.load_state_dict(ckpt["extra_modules"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("scaler"):  # empty when written without float16 scaling (CPU, bfloat16)
+            scaler.load_state_dict(ckpt["scaler"])
         start_epoch, step, best = ckpt["epoch"], ckpt["step"], ckpt["best"]
         states = ckpt["rng"]
         if len(states) == d.world:
@@ -515,6 +607,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist, hooks: TrainHoo
     net: nn.Module = trained
     if d.world > 1:
         net = nn.parallel.DistributedDataParallel(trained, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    net = maybe_compile(net, tc.compile)
 
     log.info("%s on %s: %d train / %d dev utterances, %s, %.2f M parameters, %d process(es), %d steps/epoch",
              dc.dataset, d.device, len(train_ds), len(dev_ds), "+".join(streams), n_params / 1e6, d.world, steps_per_epoch)
@@ -531,8 +624,9 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist, hooks: TrainHoo
             task = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=steps_per_epoch, info="")
             for batch in loader:
                 inputs, lengths, targets, target_lengths, ids = batch[:5]
-                inputs = {k: v.to(d.device, non_blocking=True) for k, v in inputs.items()}
-                with torch.autocast(d.device.type, dtype=torch.float16, enabled=amp):
+                inputs = to_device(inputs, d.device)
+                with oom_guard(lengths, tc), torch.autocast(d.device.type, dtype=amp or torch.float16,
+                                                            enabled=amp is not None):
                     out = net(inputs, lengths.to(d.device))
                 loss, parts = ctc_loss_levels(out, targets.to(d.device), target_lengths.to(d.device), tc.level_weights)
                 if not parts:
@@ -547,7 +641,8 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist, hooks: TrainHoo
                         f"the training loss is {float(loss.detach())} ({levels})", epoch, step, ids, inputs,
                         last_path, dc))
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                with oom_guard(lengths, tc):
+                    scaler.scale(loss).backward()
                 if tc.grad_clip > 0:
                     scaler.unscale_(optimizer)
                     norm = nn.utils.clip_grad_norm_(trained.parameters(), tc.grad_clip)

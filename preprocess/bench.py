@@ -10,6 +10,12 @@ generated synthsign corpus, one process and one thread per stage, as a `--worker
 - cache bytes per 100 frames for each stream;
 - a second driver run over the finished cache against the first (target >= 50x faster).
 
+``--scale`` measures what a PHOENIX14 extraction costs instead: RAFT (torchvision
+``raft_small``/``raft_large``, random weights: speed only) and DIS frame pairs/s at 224x224 on
+``--flow-device``, and the whole driver's frames/s on the real clips at PHOENIX14's settings
+(RGB 256, DIS flow 112, MediaPipe landmarks) for each ``--workers-list`` count, projected onto
+the frames of ``--num-frames-csv``.
+
 Prints a markdown table and writes the figures as JSON (``--out``).
 """
 from __future__ import annotations
@@ -29,6 +35,9 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLIPS = REPO_ROOT.parent / "shared" / "clips"
+DEFAULT_NUM_FRAMES = REPO_ROOT.parent / "shared" / "data" / "phoenix14" / "annotations" / "manual" / "train.num_frames.csv"
+RAFT_BENCH_SIZE = 224  # teacher resolution
+PHOENIX_FEATURES = ["--rgb-size", "256", "--flow", "dis", "--flow-size", "112", "--landmarks", "mediapipe"]
 FLOW_BENCH_SIZE = 112  # the DESIGN bar is stated at 112x112
 FLOW_METHODS = ("dis", "farneback", "tvl1")
 # Frame pairs each flow method gets (TV-L1 and RAFT take ~0.1-1 s a pair on one CPU thread).
@@ -165,13 +174,14 @@ def bytes_per_100_frames(cache_dir: Path) -> dict[str, float]:
     return {k: round(v * 100 / frames) for k, v in sorted(sizes.items())} if frames else {}
 
 
-def driver_runs(yaml_path: Path, cache: Path, extra: list[str]) -> dict[str, Any]:
-    """A first `--workers 1` run into an empty cache, then a second over the finished cache."""
+def driver_runs(yaml_path: Path, cache: Path, extra: list[str], workers: int = 1) -> dict[str, Any]:
+    """A first `--workers N` run into an empty cache, then a second over the finished cache."""
     from rich.console import Console
 
     from preprocess.features import build_parser, run
 
-    args = build_parser().parse_args(["--dataset", str(yaml_path), "--cache", str(cache), "--workers", "1", *extra])
+    args = build_parser().parse_args(["--dataset", str(yaml_path), "--cache", str(cache), "--workers", str(workers),
+                                      *extra])
     with open(os.devnull, "w") as devnull:
         quiet = Console(file=devnull, width=120)
         c0 = time.process_time()
@@ -191,6 +201,17 @@ def driver_runs(yaml_path: Path, cache: Path, extra: list[str]) -> dict[str, Any
     }
 
 
+def clips_corpus(videos: list[Path], tmp: Path) -> Path:
+    """A custom-corpus YAML over real videos (the driver's defaults: RGB 112, DIS flow 56, MediaPipe)."""
+    corpus = tmp / "clips_corpus"
+    corpus.mkdir(exist_ok=True)
+    rows = ["id|split|signer|glosses|video"] + [f"{v.stem}|train|s|X|{v.resolve()}" for v in videos]
+    (corpus / "corpus.csv").write_text("\n".join(rows) + "\n")
+    yaml_path = tmp / "clips.yaml"
+    yaml_path.write_text(json.dumps({"name": "clips", "reader": "custom", "root": str(corpus)}))
+    return yaml_path
+
+
 def bench_clips(clips_dir: Path, tmp: Path) -> dict[str, Any]:
     videos = sorted(clips_dir.glob("*.mp4"))
     clips, decode = decode_all(videos)
@@ -198,13 +219,7 @@ def bench_clips(clips_dir: Path, tmp: Path) -> dict[str, Any]:
     res["mediapipe"] = mediapipe_rate(clips)
     res["flow"] = flow_rates(clips)
     res["write"] = write_rate(clips, tmp)
-    corpus = tmp / "clips_corpus"
-    corpus.mkdir()
-    rows = ["id|split|signer|glosses|video"] + [f"{v.stem}|train|s|X|{v.resolve()}" for v in videos]
-    (corpus / "corpus.csv").write_text("\n".join(rows) + "\n")
-    yaml_path = tmp / "clips.yaml"
-    # The driver's defaults (RGB 112, DIS flow 56, MediaPipe for videos without keypoint files).
-    yaml_path.write_text(json.dumps({"name": "clips", "reader": "custom", "root": str(corpus)}))
+    yaml_path = clips_corpus(videos, tmp)
     drv = driver_runs(yaml_path, tmp / "cache_clips", [])
     mp_s, mp_cpu = res["mediapipe"]["seconds"], res["mediapipe"]["cpu_seconds"]
     drv["overhead_pct"] = round(100 * (drv["first_cpu_s"] - mp_cpu) / mp_cpu, 1)  # CPU time: load-proof
@@ -234,6 +249,84 @@ def bench_synthsign(preset: str, tmp: Path) -> dict[str, Any]:
     res["driver"] = driver_runs(yaml_path, tmp / "cache_synth", [])
     res["driver"]["features"] = feats
     return res
+
+
+# ----------------------------------------------------------------------------- PHOENIX14 scale
+
+
+def raft_rates(clips: list[np.ndarray], pairs: int, device: str = "auto", size: int = RAFT_BENCH_SIZE
+               ) -> dict[str, Any]:
+    """Frame pairs/s of RAFT small/large (random weights: the same arithmetic as trained ones, so the
+    speed holds; the flow itself is meaningless) and of DIS, at ``size`` x ``size``, ``pairs`` pairs each."""
+    from preprocess.flow import FlowConfig, _estimator, _RaftFlow
+    from preprocess.video import resize_crop
+
+    small = np.concatenate([resize_crop(c, size) for c in clips if len(c) >= 2])  # [N, s, s, 3]
+    out: dict[str, Any] = {}
+    for m in ("raft_small", "raft_large", "dis"):
+        cfg = FlowConfig(method=m, size=size, device=device)
+        est = _RaftFlow(cfg, random_init=True) if cfg.is_raft else _estimator(cfg)
+        frames = small[: (pairs if cfg.is_raft else FLOW_PAIRS["dis"]) + 1]  # DIS is cheap: more pairs
+        est(frames[:2])  # model build / first-call costs outside the timing
+        _, s = _timed(est, frames)
+        out[m] = {"size": size, "pairs": len(frames) - 1, "seconds": round(s, 3),
+                  "pairs_per_s": round((len(frames) - 1) / s, 3),
+                  "device": str(est.device) if cfg.is_raft else "cpu (1 thread)",
+                  "weights": "random (speed only)" if cfg.is_raft else None}
+    return out
+
+
+def read_frame_total(path: Path) -> int | None:
+    """Sum of ``num_frames`` in an ``id,num_frames`` CSV (None when the file is absent)."""
+    import csv
+
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        return sum(int(r["num_frames"]) for r in csv.DictReader(f))
+
+
+def bench_scale(clips_dir: Path, tmp: Path, workers: list[int], raft_pairs: int, device: str,
+                num_frames_csv: Path) -> dict[str, Any]:
+    """RAFT vs DIS at 224, and the driver's frames/s per worker count at PHOENIX14 settings."""
+    videos = sorted(clips_dir.glob("*.mp4"))
+    if not videos:
+        raise FileNotFoundError(f"{clips_dir}: no .mp4 clips to measure on; pass --clips DIR")
+    clips, decode = decode_all(videos)
+    res: dict[str, Any] = {"videos": len(videos), "frames": decode["frames"], "raft": raft_rates(clips, raft_pairs, device)}
+    yaml_path = clips_corpus(videos, tmp)
+    runs = {}
+    for w in workers:
+        d = driver_runs(yaml_path, tmp / f"cache_w{w}", PHOENIX_FEATURES, workers=w)
+        runs[w] = {"workers": w, "frames": d["frames"], "seconds": d["first_s"],
+                   "fps": _rate(d["frames"], d["first_s"]), "stage_fps": d["stage_fps"], "failed": d["failed"]}
+    res["driver"] = runs
+    totals = {"train": read_frame_total(num_frames_csv)}
+    for split in ("dev", "test"):
+        sibling = num_frames_csv.with_name(num_frames_csv.name.replace("train", split))
+        if sibling != num_frames_csv:
+            totals[split] = read_frame_total(sibling)
+    res["phoenix14_frames"] = {k: v for k, v in totals.items() if v}
+    return res
+
+
+def markdown_scale(res: dict[str, Any], workers_not_measured: list[int]) -> str:
+    lines = ["| flow at 224x224 | device | pairs | pairs/s |", "|---|---|---:|---:|"]
+    for m, r in res["raft"].items():
+        note = f" ({r['weights']})" if r["weights"] else ""
+        lines.append(f"| {m}{note} | {r['device']} | {r['pairs']} | {_fmt(r['pairs_per_s'])} |")
+    frames = res["phoenix14_frames"]
+    total = sum(frames.values())
+    cols = " + ".join(f"{k} {v:,}" for k, v in frames.items())
+    lines += ["", f"| extraction (RGB 256, DIS 112, MediaPipe), {res['videos']} real clips | frames/s | "
+              f"PHOENIX14 train ({frames.get('train', 0):,} frames) | all splits ({cols}) |", "|---|---:|---:|---:|"]
+    for w, r in res["driver"].items():
+        fps = r["fps"]
+        hours = (lambda n: f"{n / fps / 3600:.1f} h") if fps else (lambda n: "-")
+        lines.append(f"| --workers {w} | {_fmt(fps)} | {hours(frames.get('train', 0))} | {hours(total)} |")
+    for w in workers_not_measured:
+        lines.append(f"| --workers {w} | not measured ({os.cpu_count()} cores here) | | |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- report
@@ -298,7 +391,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips", default=str(DEFAULT_CLIPS), help="folder of real .mp4 clips (skipped when absent)")
     p.add_argument("--synth-preset", default="tiny", help="synthsign preset to generate (tiny, demo, default)")
     p.add_argument("--no-synthsign", action="store_true", help="skip the synthsign part")
+    p.add_argument("--scale", action="store_true",
+                   help="only the PHOENIX14-scale figures: RAFT vs DIS at 224, driver frames/s per worker count")
+    p.add_argument("--workers-list", default="1,2,4,8,16",
+                   help="--scale: driver worker counts (those above the CPU count are reported as not measured)")
+    p.add_argument("--raft-pairs", type=int, default=None, help="--scale: frame pairs per flow method "
+                   "(default 4 on CPU, 64 on CUDA)")
+    p.add_argument("--flow-device", default="auto", help="--scale: RAFT device (auto | cpu | cuda)")
+    p.add_argument("--num-frames-csv", default=str(DEFAULT_NUM_FRAMES),
+                   help="--scale: id,num_frames CSV of the training videos (dev/test siblings are added when present)")
     args = p.parse_args(argv)
+    if args.scale:
+        return main_scale(args)
 
     import cv2
 
@@ -332,6 +436,40 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
         print(f"\nwrote {args.out}")
+    return 0
+
+
+def main_scale(args: argparse.Namespace) -> int:
+    import cv2
+
+    from preprocess.device import resolve_device
+
+    cv2.setNumThreads(1)
+    try:
+        dev = resolve_device(args.flow_device, "--flow-device")
+        wanted = sorted({int(w) for w in args.workers_list.split(",") if w.strip()})
+        if not wanted or min(wanted) < 1:
+            raise ValueError(f"--workers-list needs counts >= 1, got {args.workers_list!r}")
+        csv_path = Path(args.num_frames_csv)
+        if not csv_path.is_file():
+            raise FileNotFoundError(f"{csv_path}: no frame-count CSV; pass --num-frames-csv (PHOENIX14's "
+                                    "annotations/manual/train.num_frames.csv)")
+        cores = os.cpu_count() or 1
+        measured, skipped = [w for w in wanted if w <= cores], [w for w in wanted if w > cores]
+        pairs = args.raft_pairs or (64 if dev.type == "cuda" else 4)
+        with tempfile.TemporaryDirectory(prefix="signdistill-bench-scale-") as tmp:
+            res = bench_scale(Path(args.clips), Path(tmp), measured, pairs, str(dev), csv_path)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    res["machine"] = {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()}
+    res["workers_not_measured"] = skipped
+    table = markdown_scale(res, skipped)
+    res["markdown"] = table
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
     return 0
 
 

@@ -918,6 +918,10 @@ def run(args: argparse.Namespace, console=None) -> Report:
     ds = load_dataset_config(args.dataset, args.data_root)
     overrides = {k: getattr(args, k) for k in CLI_FIELDS if getattr(args, k, None) is not None}
     cfg = FeatureConfig.from_dict(ds.features, **overrides)
+    if cfg.flow.is_raft:  # before any video is read: not once per failed utterance
+        from preprocess.device import resolve_device
+
+        resolve_device(cfg.flow.device, "--flow-device")
     out_dir = cache.dataset_dir(args.cache, ds.name)
     all_utts = prepare_manifest(ds, out_dir)
     if not all_utts:

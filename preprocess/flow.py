@@ -187,16 +187,20 @@ def resolve_raft_weights(cfg: FlowConfig) -> Path:
 class _RaftFlow:
     """torchvision RAFT on batches of frame pairs, without gradients, on the GPU when present."""
 
-    def __init__(self, cfg: FlowConfig) -> None:
+    def __init__(self, cfg: FlowConfig, random_init: bool = False) -> None:
+        """``random_init``: skip the weights (speed measurements only: the flow is meaningless)."""
         import torch
         from torchvision.models import optical_flow
 
-        weights = resolve_raft_weights(cfg)
-        if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("flow device 'cuda' requested but CUDA is not available; use device='auto' or 'cpu'")
-        self.device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+        from preprocess.device import resolve_device
+
+        self.device = resolve_device(cfg.device, "--flow-device")
+        weights = None if random_init else resolve_raft_weights(cfg)
         builder = optical_flow.raft_small if cfg.method == "raft_small" else optical_flow.raft_large
         model = builder(weights=None, progress=False)
+        self.model, self.iters, self.batch = model.eval().to(self.device), cfg.raft_iters, cfg.raft_batch
+        if weights is None:
+            return
         state = torch.load(weights, map_location="cpu", weights_only=True)
         if isinstance(state, dict):
             for key in ("state_dict", "model"):
@@ -209,9 +213,6 @@ class _RaftFlow:
         except (RuntimeError, AttributeError, TypeError) as e:
             first = str(e).strip().splitlines()[0][:160]
             raise ValueError(f"{weights}: not a torchvision {cfg.method} checkpoint ({first})") from e
-        self.model = model.eval().to(self.device)
-        self.iters = cfg.raft_iters
-        self.batch = cfg.raft_batch
 
     def __call__(self, small: np.ndarray) -> np.ndarray:
         import torch
