@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version.split()[0]}; set PYTHON=python3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e .
+	$(VENV)/bin/pip install -q -e '.[serve]'
 	@touch $@
 
 setup: $(VENV)/.installed
@@ -57,6 +57,11 @@ test: setup
 	@command -v sclite >/dev/null || command -v sctk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		(apt-get install -y -qq sctk >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq sctk >/dev/null 2>&1)) || \
 		echo "note: sclite not installed; the sclite comparison tests will skip"; }
+	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		echo "installing Debian chromium + chromium-driver for the web page's browser test" && \
+		(apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && \
+		apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1)); } || \
+		echo "note: chromium not installed; the web page's browser test will skip"
 	$(PY) -m pytest tests
 
 # Speed/size figures quoted in the README (run on an idle machine; no test depends on timings).

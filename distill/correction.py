@@ -29,7 +29,7 @@ import math
 import random
 import sys
 from collections import defaultdict
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from preprocess.configs import UserError, from_dict, print_user_error
 from preprocess.vocab import BLANK, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -100,11 +101,7 @@ class CorrectionConfig:
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> "CorrectionConfig":
-        known = {f.name for f in fields(CorrectionConfig)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"CorrectionConfig: unknown fields {unknown}")
-        return CorrectionConfig(**d)
+        return from_dict(CorrectionConfig, d, what="CorrectionConfig field(s)")
 
 
 Confusions = Mapping[str, Mapping[str, float]]  # gloss -> {gloss it is mistaken for: weight}
@@ -527,10 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         return _train_main(args) if args.cmd == "train" else _apply_main(args)
-    except (ValueError, FileNotFoundError, KeyError, FloatingPointError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+    except (UserError, ValueError, FileNotFoundError, FloatingPointError) as e:  # bad input: one line
+        return print_user_error(e)
 
 
 if __name__ == "__main__":

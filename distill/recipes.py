@@ -21,16 +21,15 @@ so a bad recipe fails before any teacher runs.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from distill.losses import BLANK_MODES
 from models.data import AugmentConfig
 from models.students import STUDENT_KINDS, LandmarkAugmentConfig, StudentConfig
 from models.train import DataConfig, TrainConfig
+from preprocess.configs import ConfigError, from_dict, load_yaml
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "configs" / "recipes"
 METHODS = ("smkd", "crkd", "signkd", "kdmslrt")
@@ -156,12 +155,7 @@ def student_config(d: dict[str, Any]) -> StudentConfig:
 
 
 def _section(cls: type, d: Any, name: str) -> Any:
-    d = dict(d or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"unknown {name} option(s) {unknown}; known: {sorted(known)}")
-    return cls(**d)
+    return from_dict(cls, d, section=name)
 
 
 def recipe_path(name_or_path: str | os.PathLike) -> Path:
@@ -184,11 +178,11 @@ def load_recipe(name_or_path: str | os.PathLike, cache: str | None = None, epoch
     ``epochs`` sets train.epochs, and every stage's epochs when the recipe has stages.
     """
     path = recipe_path(name_or_path)
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw = load_yaml(path, "recipe")
     try:
         return _parse(raw, path.stem, cache, epochs)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from None
+    except (TypeError, ValueError) as e:  # one line that names the file once
+        raise ConfigError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
 
 
 def _parse(raw: dict[str, Any], stem: str, cache: str | None, epochs: int | None) -> Recipe:

@@ -44,7 +44,7 @@ from distill.recipes import Recipe, StageConfig, load_recipe, recipe_dict, stude
 from distill.teacher_cache import (StudentDataset, TeacherCache, prepare_teacher_cache, probe, student_collate,
                                    teacher_fingerprint)
 from models.base import TIME_REDUCTION, InputSpec, ModelOutput
-from models.checkpoint import check_compatible, checkpoint_streams, load_checkpoint, load_model
+from models.checkpoint import check_compatible, checkpoint_streams, load_checkpoint, load_model, remove_stale_temps
 from models.data import BucketBatchSampler, CacheDataset, collate, input_spec
 from models.students import build_student
 from models.train import RunConfig, TrainHooks, TrainingStopped, load_config, read_metrics, train
@@ -329,6 +329,7 @@ def run_recipe(recipe: Recipe, out_dir: str | os.PathLike, teacher: str | None =
                device: str = "cpu") -> dict[str, Any]:
     """Check inputs, cache the teacher, train every stage, evaluate; returns the results dict."""
     out_dir = Path(out_dir)
+    remove_stale_temps(out_dir)  # the best.pt copy of a killed run (stage folders clean their own)
     dc, streams = recipe.data, recipe.streams
     meta = cache_lib.read_meta(dc.cache, dc.dataset)
     vocab_path = cache_lib.dataset_dir(dc.cache, dc.dataset) / "vocab.json"

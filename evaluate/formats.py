@@ -35,7 +35,7 @@ def _is_float(s: str) -> bool:
 def _data_lines(path: Path) -> Iterable[tuple[int, list[str]]]:
     """(line number, fields) of every non-blank, non-comment line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not part of the first id
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None
     except UnicodeDecodeError as e:

@@ -267,13 +267,32 @@ def hand_rate(mask: np.ndarray) -> float | None:
     return float(mask[:, LEFT_HAND[0]:RIGHT_HAND[1]].any(axis=1).mean()) if len(mask) else 0.0
 
 
+class VideoTooLong(ValueError):
+    """A clip longer than the configured limit; message ``"<video>: <problem>"``."""
+
+
 def recognize_video(path: str | os.PathLike, rec: Recognizer, beam: int = 10,
-                    extractor: Callable[[np.ndarray], Landmarks] | None = None) -> VideoResult:
-    """Decode a whole video file (or frame folder) offline, with each gloss's time in the clip."""
-    from preprocess.video import read_frames
+                    extractor: Callable[[np.ndarray], Landmarks] | None = None,
+                    max_seconds: float | None = None) -> VideoResult:
+    """Decode a whole video file (or frame folder) offline, with each gloss's time in the clip.
+
+    ``max_seconds`` refuses longer clips (:class:`VideoTooLong`) from the headers when they
+    say, else after decoding no more than the limit allows (a server's guard against huge uploads).
+    """
+    from preprocess.video import probe_video, read_frames
 
     t0 = time.perf_counter()
-    frames, fps = read_frames(path)  # VideoError "<path>: <problem>" when unreadable
+    limit = None
+    if max_seconds is not None:
+        info = probe_video(path)  # VideoError when it is not a video
+        rate = info.fps if info.fps > 0 else 25.0
+        if info.num_frames and info.num_frames / rate > max_seconds:
+            raise VideoTooLong(f"{path}: {info.num_frames / rate:.1f} s long, over the {max_seconds:g} s limit; "
+                               "trim it or raise the limit")
+        limit = int(max_seconds * rate) + 1
+    frames, fps = read_frames(path, max_frames=limit)  # VideoError "<path>: <problem>" when unreadable
+    if limit is not None and len(frames) >= limit:
+        raise VideoTooLong(f"{path}: longer than the {max_seconds:g} s limit; trim it or raise the limit")
     t1 = time.perf_counter()
     inputs = video_inputs(frames, rec, extractor, str(path))
     t2 = time.perf_counter()

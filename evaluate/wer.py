@@ -19,6 +19,7 @@ if __package__ in (None, ""):  # run as `python evaluate/wer.py`: make `import e
 
 import argparse
 import json
+import logging
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -27,6 +28,9 @@ from evaluate.formats import FormatError, read_transcripts
 from evaluate.normalize import fill_empty, get_rules, normalize
 from preprocess.configs import UserError
 from preprocess.manifest import atomic_write_text
+
+
+log = logging.getLogger("evaluate.wer")
 
 
 class ScoringError(UserError):
@@ -136,6 +140,9 @@ def score_files(hyp_path: str | Path, ref_path: str | Path, rules: str = "none")
     refs = read_transcripts(ref_path)
     if not refs:
         raise ScoringError(f"{ref_path}: no utterances in the reference file")
+    if not hyps:
+        log.warning("%s: no hypotheses in the file; every one of the %d reference utterances is scored as "
+                    "[EMPTY] (check that it is the decoder's output)", hyp_path, len(refs))
     try:
         return score(hyps, refs, rules)
     except ScoringError as e:
@@ -158,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object: wer sub del ins n_ref")
     p.add_argument("--report", metavar="FILE", help="write per-utterance alignments to FILE")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
         result = score_files(args.hyp, args.ref, args.rules)
     except (FormatError, ScoringError) as e:

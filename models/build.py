@@ -5,13 +5,14 @@ A checkpoint stores ``ModelConfig.to_dict()``, the vocabulary size and the ``Inp
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from torch import Tensor, nn
 
 from models.base import InputSpec
 from models.encoders import RGB_BACKBONES, FlowEncoder, KeypointEncoder, RGBEncoder
 from models.fusion import FUSIONS, CSLRModel
+from preprocess.configs import from_dict
 from preprocess.layouts import SUBSETS, subset_indices
 
 STREAMS = ("rgb", "keypoints", "flow")
@@ -82,16 +83,7 @@ class ModelConfig:
     @staticmethod
     def from_dict(d: dict) -> "ModelConfig":
         """Config from a plain dict (YAML/JSON/checkpoint); unknown keys are refused, not ignored."""
-        known = {f.name for f in fields(ModelConfig)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model config key(s) {unknown}; known keys: {sorted(known)}")
-        d = dict(d)
-        if "streams" in d:
-            if isinstance(d["streams"], str):
-                raise ValueError(f"streams must be a list of stream names, got the string {d['streams']!r}")
-            d["streams"] = tuple(d["streams"])
-        return ModelConfig(**d)
+        return from_dict(ModelConfig, d, what="model config key(s)")
 
     def to_dict(self) -> dict:
         """Plain dict (lists, not tuples) that YAML/JSON and ``from_dict`` round-trip."""

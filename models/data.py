@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from models.base import InputSpec
 from preprocess import cache as cache_lib
+from preprocess.configs import from_dict
 from preprocess.flow import dequantize_flow
 from preprocess.layouts import mirror_permutation
 from preprocess.manifest import Utterance, read_manifest
@@ -52,12 +53,7 @@ class AugmentConfig:
 
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> "AugmentConfig":
-        d = dict(d or {})
-        known = {"crop_size", "flip_prob", "time_scale"}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown augment option(s) {unknown}; known: {sorted(known)}")
-        return AugmentConfig(**d)
+        return from_dict(AugmentConfig, d, section="augment")
 
 
 def meta_config(meta: dict[str, Any]) -> dict[str, Any]:

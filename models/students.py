@@ -18,7 +18,7 @@ message, a student that cannot take the cache's inputs.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from models.base import InputSpec, ModelOutput
 from models.encoders import RGBEncoder, gather_prefix, keypoint_features, keypoint_gather, take_points
 from models.lrinet import LRINet, LRINetConfig
 from models.temporal import BiLSTM, TemporalConv, length_mask, pad_min_time
+from preprocess.configs import from_dict
 from preprocess.layouts import HOLISTIC_543, SUBSETS, mirror_permutation, subset_indices
 
 STUDENT_KINDS = ("landmark", "rgb", "lrinet")
@@ -84,11 +85,7 @@ class StudentConfig:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "StudentConfig":
-        known = {f.name for f in fields(StudentConfig)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown student option(s) {unknown}; known: {sorted(known)}")
-        return StudentConfig(**d)
+        return from_dict(StudentConfig, d, what="student option(s)")
 
 
 def sinusoidal_positions(steps: int, dim: int, device: torch.device | None = None) -> Tensor:

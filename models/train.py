@@ -170,10 +170,8 @@ def load_config(path: str | os.PathLike, cache: str | None = None, epochs: int |
             train = replace(train, epochs=epochs)
         return RunConfig(_dataclass_from(DataConfig, data, "data", str(path)),
                          ModelConfig.from_dict(raw.get("model") or {}), train)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{path}: {e}") from None
+    except (TypeError, ValueError) as e:  # one line that names the file once
+        raise ConfigError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- loss
@@ -437,17 +435,19 @@ class TrainingStopped(RuntimeError):
 
 def _stop_message(problem: str, epoch: int, step: int, ids: Sequence[str], inputs: dict[str, Tensor],
                   last_path: Path, dc: DataConfig) -> str:
-    """Why training stopped on this batch: every utterance in it, and those whose inputs are not finite."""
-    where = f"{last_path} (epoch {epoch}) is kept" if last_path.exists() else "no checkpoint was written yet"
+    """Why training stopped on this batch: every utterance in it, and those whose inputs are not finite
+    or beyond float16's range (no cached stream holds such values legitimately)."""
+    where = (f"the last good checkpoint {last_path} (epoch {epoch}) is kept" if last_path.exists()
+             else "no checkpoint was written yet")
     bad = sorted({ids[i] for x in inputs.values() if x.is_floating_point()
-                  for i in (~torch.isfinite(x.detach()).flatten(1).all(1)).nonzero().flatten().tolist()})
+                  for i in (~(x.detach().abs() <= 65504).flatten(1).all(1)).nonzero().flatten().tolist()})
     if bad:
-        advice = (f"the cached inputs of {bad} hold NaN/inf: rebuild them "
+        advice = (f"the cached inputs of {bad} hold NaN/inf or huge values: rebuild them "
                   f"(`python -m preprocess.features --dataset {dc.dataset} --force`) or drop them, then rerun with --resume")
     else:
         advice = "lower train.lr or train.grad_clip, check those utterances, then rerun with --resume"
     return (f"epoch {epoch + 1} step {step + 1}: {problem} on the batch of utterances {list(ids)}; training "
-            f"stopped and the last good checkpoint {where}. {advice[0].upper() + advice[1:]}")
+            f"stopped and {where}. {advice[0].upper() + advice[1:]}")
 
 
 # ----------------------------------------------------------------------- dev

@@ -195,7 +195,9 @@ def coerce(value: Any, tp: Any, key: str, where: str = "") -> Any:
             return str(value)
         raise _bad(where, key, value, "a string")
     if origin in (tuple, list):
-        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        if isinstance(value, str):
+            raise ConfigError(f"{_prefix(where)}{key}: expected a list (e.g. [{value}]), got the string {value!r}")
+        if isinstance(value, (bytes, Mapping)) or not isinstance(value, Iterable):
             raise _bad(where, key, value, "a list (e.g. [a, b])")
         items = list(value)
         if origin is tuple and args and (len(args) != 2 or args[1] is not Ellipsis):

@@ -346,8 +346,14 @@ def save_pose(path: str | os.PathLike, keypoints: np.ndarray, mask: np.ndarray, 
 
 
 def export_split(cache: str | os.PathLike, dataset: str, split: str, out: str | os.PathLike,
-                 width: int = 1000, height: int = 1000, manifest: str | os.PathLike | None = None) -> tuple[int, int]:
-    """Export every cache file of one split to ``<out>/<id>.pose``; returns (written, failed)."""
+                 width: int | None = None, height: int | None = None,
+                 manifest: str | os.PathLike | None = None) -> tuple[int, int]:
+    """Export every cache file of one split to ``<out>/<id>.pose``; returns (written, failed).
+
+    Each file gets its own utterance's frame size and rate (the manifest's, else the source
+    video's headers), so viewers draw the skeleton at the video's aspect ratio and speed;
+    ``width``/``height`` force one size for every file.
+    """
     from preprocess.cache import dataset_dir, load_utt, read_meta
     from preprocess.manifest import read_manifest
 
@@ -357,23 +363,50 @@ def export_split(cache: str | os.PathLike, dataset: str, split: str, out: str | 
         raise ValueError(f"{dataset_dir(cache, dataset) / 'meta.json'}: no keypoint_layout; "
                          "the cache was built without landmarks")
     manifest = Path(manifest) if manifest else dataset_dir(cache, dataset) / "manifest.jsonl"
-    fps = {u.id: u.fps for u in read_manifest(manifest)} if manifest.is_file() else {}
-    if not fps:
+    utts = {u.id: u for u in read_manifest(manifest)} if manifest.is_file() else {}
+    if not utts:
         log.warning("%s: no manifest; writing every file at 25 fps", manifest)
     files = sorted((dataset_dir(cache, dataset) / split).glob("*.npz"))
     if not files:
         raise FileNotFoundError(f"{dataset_dir(cache, dataset) / split}: no cache files for split {split!r}")
     written = failed = 0
+    guessed: list[str] = []
     for f in files:
         try:
             arrays = load_utt(f, ("keypoints", "keypoints_mask"))
+            u = utts.get(f.stem)
+            size = (width, height) if width and height else _frame_size(u)
+            if size is None:
+                guessed.append(f.stem)
+                size = (width or 1000, height or 1000)
             save_pose(Path(out) / f"{f.stem}.pose", arrays["keypoints"], arrays["keypoints_mask"],
-                      layout, fps.get(f.stem, 25.0), width, height)
+                      layout, u.fps if u else 25.0, size[0], size[1])
             written += 1
         except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
             log.error("%s", str(e).strip("'\""))
             failed += 1
+    if guessed:
+        log.warning("%d of %d files have no known frame size (e.g. %s): written at %dx%d; pass --width/--height",
+                    len(guessed), len(files), guessed[0], width or 1000, height or 1000)
     return written, failed
+
+
+def _frame_size(utt) -> tuple[int, int] | None:
+    """(width, height) of an utterance's source: the manifest's, else the video's headers, else None."""
+    if utt is None:
+        return None
+    if utt.width > 0 and utt.height > 0:
+        return utt.width, utt.height
+    if utt.source:
+        from preprocess.video import VideoError, probe_video
+
+        try:
+            info = probe_video(utt.source)
+        except VideoError:
+            return None
+        if info.width > 0 and info.height > 0:
+            return info.width, info.height
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -385,8 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", required=True, help="train, dev or test")
     p.add_argument("--out", required=True, help="output folder for <id>.pose")
     p.add_argument("--manifest", default=None, help="manifest with fps (default <cache>/<dataset>/manifest.jsonl)")
-    p.add_argument("--width", type=int, default=1000, help="frame width the normalised x is scaled to")
-    p.add_argument("--height", type=int, default=1000, help="frame height the normalised y is scaled to")
+    p.add_argument("--width", type=int, default=None,
+                   help="frame width x is scaled to (default: each utterance's own video size)")
+    p.add_argument("--height", type=int, default=None,
+                   help="frame height y is scaled to (default: each utterance's own video size)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
