@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from models.base import InputSpec
 from models.encoders import RGB_BACKBONES, FlowEncoder, KeypointEncoder, RGBEncoder
 from models.fusion import FUSIONS, CSLRModel
+from models.keypoint_input import KeypointNormConfig
 from preprocess.configs import from_dict
 from preprocess.layouts import SUBSETS, subset_indices
 
@@ -30,6 +31,11 @@ class ModelConfig:
     tiny_channels: int = 16  # width of the first "tiny" CNN layer (doubles per layer; frame feature = 8x this)
     keypoint_subset: str = "all"  # preprocess.layouts subset name ("mediapipe_92", ...) or "all"
     keypoint_dim: int = 256  # width of the per-frame keypoint MLP
+    # keypoint normalisation (models.keypoint_input): centre, reference point, scale, motion features
+    keypoint_center: str = "auto"  # "auto" | "mean" | "point" | "none"
+    keypoint_center_point: int = -1  # index of the centre point in the cached layout (center "point")
+    keypoint_scale: str = "auto"  # "auto" | "frame" | "utterance" | "none"
+    keypoint_deltas: int = 0  # 1: + velocity, 2: + velocity and acceleration
     flow_channels: int = 16  # width of the first flow CNN layer (doubles per layer; frame feature = 4x this)
     temporal: str = "conv_bilstm"  # temporal model: K5-P2-K5-P2 conv block + BiLSTM
     hidden: int = 256  # width of the conv block and of the BiLSTM output (even: two directions)
@@ -67,6 +73,7 @@ class ModelConfig:
             raise ValueError(
                 f"unknown keypoint_subset {self.keypoint_subset!r}; choose 'all' or one of {sorted(SUBSETS)}"
             )
+        self.keypoint_norm()  # validates the keypoint_* normalisation fields
         if self.temporal not in TEMPORALS:
             raise ValueError(f"unknown temporal {self.temporal!r}; available: {TEMPORALS}")
         for name in ("tiny_channels", "keypoint_dim", "flow_channels", "hidden", "lstm_layers"):
@@ -79,6 +86,10 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not isinstance(self.share_classifier, bool):
             raise ValueError(f"share_classifier must be true or false, got {self.share_classifier!r}")
+
+    def keypoint_norm(self) -> KeypointNormConfig:
+        return KeypointNormConfig(self.keypoint_center, self.keypoint_center_point, self.keypoint_scale,
+                                  self.keypoint_deltas)
 
     @staticmethod
     def from_dict(d: dict) -> "ModelConfig":
@@ -109,7 +120,8 @@ def build_encoder(stream: str, cfg: ModelConfig, spec: InputSpec) -> nn.Module:
         return RGBEncoder(cfg.rgb_backbone, cfg.rgb_pretrained, cfg.tiny_channels)
     if stream == "keypoints":
         idx = subset_indices(spec.keypoint_layout, cfg.keypoint_subset, spec.num_keypoints)
-        return KeypointEncoder(idx.tolist(), spec.keypoint_layout, cfg.keypoint_dim, cfg.dropout)
+        return KeypointEncoder(idx.tolist(), spec.keypoint_layout, cfg.keypoint_dim, cfg.dropout,
+                               num_points=spec.num_keypoints, norm=cfg.keypoint_norm())
     if stream == "flow":
         return FlowEncoder(cfg.flow_channels)
     raise ValueError(f"unknown stream {stream!r}; choose from {STREAMS}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torchvision
@@ -16,6 +16,9 @@ from torch import Tensor, nn
 
 from models.temporal import length_mask
 from preprocess.layouts import HOLISTIC_543
+
+if TYPE_CHECKING:
+    from models.keypoint_input import KeypointNormConfig
 
 RESNETS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}  # backbone -> feature width (fc removed)
 RGB_BACKBONES = (*RESNETS, "tiny")
@@ -299,23 +302,21 @@ def normalise_keypoints(kp: Tensor, mask: Tensor, indices: Tensor, holistic: boo
 
 
 class KeypointEncoder(nn.Module):
-    """Per-frame MLP over K points given as (x, y, z, mask) after ``normalise_keypoints``.
+    """Per-frame MLP over K points as ``models.keypoint_input.KeypointInput`` describes them.
 
     The subset (e.g. ``mediapipe_92``) is chosen by ``indices`` into the cached layout, so one
     cache serves every landmark model; normalisation may use points outside it (shoulders).
     Only the subset and the shoulders are gathered (then cast to float32), never all K points.
     """
 
-    def __init__(self, indices: Tensor | list[int], layout: str, out_dim: int = 256, dropout: float = 0.0) -> None:
+    def __init__(self, indices: Tensor | list[int], layout: str, out_dim: int = 256, dropout: float = 0.0,
+                 num_points: int | None = None, norm: "KeypointNormConfig | None" = None) -> None:
         super().__init__()
+        from models.keypoint_input import KeypointInput, KeypointNormConfig
+
         idx = torch.as_tensor(indices, dtype=torch.long)
-        self.register_buffer("indices", idx, persistent=False)
-        self.holistic = layout == HOLISTIC_543
-        gather, self.anchors = keypoint_gather(idx, self.holistic)
-        self.register_buffer("gather", gather, persistent=False)  # subset + shoulders: all forward reads
-        self.prefix = gather_prefix(gather)
-        self.num_selected = idx.numel()
-        in_dim = idx.numel() * 4
+        self.input = KeypointInput(idx, layout, int(num_points or int(idx.max()) + 1), norm or KeypointNormConfig())
+        in_dim = self.input.out_dim
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, out_dim),
             nn.LayerNorm(out_dim),
@@ -327,6 +328,11 @@ class KeypointEncoder(nn.Module):
         )
         self.out_dim = out_dim
 
+    @property
+    def indices(self) -> Tensor:
+        """[K'] the points of the cached layout the encoder reads."""
+        return self.input.indices
+
     def forward(self, keypoints: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
         """Args:
             keypoints: [B, T, K, 3] raw cache coordinates.
@@ -336,10 +342,8 @@ class KeypointEncoder(nn.Module):
         Returns:
             [B, T, out_dim], zero on padded frames.
         """
-        b, t = keypoints.shape[:2]
-        kp = take_points(keypoints, self.gather, self.prefix).float()  # [B, T, P, 3], P = K' (+ shoulders)
-        m = take_points(mask, self.gather, self.prefix)  # [B, T, P]
-        x = keypoint_features(kp, m, self.num_selected, self.anchors)  # [B, T, K' * 4]
+        t = keypoints.shape[1]
+        x = self.input(keypoints, mask, lengths)  # [B, T, K' * channels]
         y = self.mlp(x)  # [B, T, out_dim]
         return y * length_mask(lengths, t).unsqueeze(-1).to(y.dtype)
 

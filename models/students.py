@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from models.base import InputSpec, ModelOutput
-from models.encoders import RGBEncoder, gather_prefix, keypoint_features, keypoint_gather, take_points
+from models.encoders import RGBEncoder
+from models.keypoint_input import KeypointInput, KeypointNormConfig
 from models.lrinet import LRINet, LRINetConfig
 from models.temporal import BiLSTM, TemporalConv, length_mask, pad_min_time
 from preprocess.configs import from_dict
@@ -54,8 +55,14 @@ class StudentConfig:
     lrinet_width: float = 1.0  # lrinet: channel-width multiplier (1.0 is the paper's card; CPU scale e.g. 1/16)
     lrinet_stem_repeats: int = 3  # lrinet: split-kernel (1x3, 3x1) pairs per stem stage (paper: 3)
     dropout: float = 0.1  # dropout inside the student
+    # landmark: keypoint normalisation (models.keypoint_input): centre, reference point, scale, motion
+    keypoint_center: str = "auto"  # "auto" | "mean" | "point" | "none"
+    keypoint_center_point: int = -1  # index of the centre point in the cached layout (center "point")
+    keypoint_scale: str = "auto"  # "auto" | "frame" | "utterance" | "none"
+    keypoint_deltas: int = 0  # 1: + velocity, 2: + velocity and acceleration
 
     def __post_init__(self) -> None:
+        self.keypoint_norm()  # validates the keypoint_* fields
         if self.kind not in STUDENT_KINDS:
             raise ValueError(f"unknown student kind {self.kind!r}; choose one of {STUDENT_KINDS}")
         if self.keypoint_subset != "all" and self.keypoint_subset not in SUBSETS:
@@ -75,6 +82,10 @@ class StudentConfig:
             self.lrinet_config()  # validates the LRINet fields
         elif (self.lrinet_width, self.lrinet_stem_repeats) != (1.0, 3):
             raise ValueError(f"lrinet_width and lrinet_stem_repeats apply to kind 'lrinet' only, not {self.kind!r}")
+
+    def keypoint_norm(self) -> KeypointNormConfig:
+        return KeypointNormConfig(self.keypoint_center, self.keypoint_center_point, self.keypoint_scale,
+                                  self.keypoint_deltas)
 
     def lrinet_config(self) -> LRINetConfig:
         return LRINetConfig(input_size=self.input_size, grad_stop_p=self.grad_stop_p, dropout=self.dropout,
@@ -138,23 +149,23 @@ class LandmarkStudent(nn.Module):
         layout: the cache's layout name (holistic: shoulder-based normalisation).
     """
 
-    def __init__(self, vocab_size: int, indices: Tensor | list[int] | np.ndarray, layout: str, cfg: StudentConfig = StudentConfig()) -> None:
+    def __init__(self, vocab_size: int, indices: Tensor | list[int] | np.ndarray, layout: str,
+                 cfg: StudentConfig = StudentConfig(), num_points: int | None = None) -> None:
         super().__init__()
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        self.register_buffer("indices", idx, persistent=False)
-        self.holistic = layout == HOLISTIC_543
-        # the subset plus any shoulder it lacks (normalisation anchors): the only points forward reads
-        gather, self.anchors = keypoint_gather(idx, self.holistic)
-        self.register_buffer("gather", gather, persistent=False)
-        self.prefix = gather_prefix(gather)  # "all" points: a slice instead of a gather
-        self.num_selected = idx.numel()
-        self.embed = nn.Sequential(nn.Linear(idx.numel() * 4, cfg.dim), nn.LayerNorm(cfg.dim), nn.ReLU(inplace=True))
+        self.input = KeypointInput(idx, layout, int(num_points or int(idx.max()) + 1), cfg.keypoint_norm())
+        self.embed = nn.Sequential(nn.Linear(self.input.out_dim, cfg.dim), nn.LayerNorm(cfg.dim), nn.ReLU(inplace=True))
+        self.dim = cfg.dim
         self.dropout = nn.Dropout(cfg.dropout)
         self.conv = TemporalConv(cfg.dim, cfg.dim, cfg.kernel_size)
         self.layers = nn.ModuleList(EncoderLayer(cfg.dim, cfg.heads, cfg.ff_dim, cfg.dropout) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.dim)
         self.classifier = nn.Linear(cfg.dim, vocab_size)
-        self.dim = cfg.dim
+
+    @property
+    def indices(self) -> Tensor:
+        """[K'] the points of the cached layout the student reads."""
+        return self.input.indices
 
     def forward(self, inputs: dict[str, Tensor], lengths: Tensor) -> ModelOutput:
         """Args:
@@ -166,17 +177,11 @@ class LandmarkStudent(nn.Module):
             ModelOutput: logits "main" (transformer) and "conv_main" (conv block) [B, T // 4, V];
             features "frame" [B, T, D], "temporal" and "context" [B, T // 4, D].
         """
-        # Gather the read points first: every per-point op below touches P (~92) points, not K (543).
-        kp = take_points(inputs["keypoints"], self.gather, self.prefix).float()  # [B, T, P, 3]
+        kp, mask = self.input.take(inputs["keypoints"], inputs.get("keypoints_mask"))  # [B, T, P, 3], [B, T, P]
         t_in = kp.shape[1]
-        finite = torch.isfinite(kp).all(dim=-1)  # [B, T, P]
-        if "keypoints_mask" in inputs:
-            mask = take_points(inputs["keypoints_mask"], self.gather, self.prefix).bool() & finite  # [B, T, P]
-        else:
-            mask = finite
         kp, mask = pad_min_time(kp), pad_min_time(mask)
         t = kp.shape[1]
-        x = keypoint_features(kp, mask, self.num_selected, self.anchors)  # [B, T, K' * 4]
+        x = self.input.features(kp, mask, lengths)  # [B, T, K' * channels]
         frame = self.embed(x) * length_mask(lengths, t).unsqueeze(-1).to(x.dtype)  # [B, T, D]
 
         temporal, out_lengths = self.conv(self.dropout(frame), lengths)  # [B, T', D]
@@ -235,7 +240,7 @@ def build_student(cfg: StudentConfig, vocab_size: int, spec: InputSpec) -> nn.Mo
                 "extract landmarks (make features) or choose an rgb/lrinet student"
             )
         indices = subset_indices(spec.keypoint_layout, cfg.keypoint_subset, spec.num_keypoints)
-        return LandmarkStudent(vocab_size, indices, spec.keypoint_layout, cfg)
+        return LandmarkStudent(vocab_size, indices, spec.keypoint_layout, cfg, num_points=spec.num_keypoints)
     if spec.rgb_size <= 0:
         raise ValueError(
             f"student kind {cfg.kind!r} needs RGB frames but the cache has none (keypoint-only corpus?); "

@@ -89,6 +89,9 @@ class TrainConfig:
     beam: int = 1  # dev decoding beam (1: greedy)
     eval_every: int = 1  # decode dev every N epochs (and always after the last one)
     rules: str = "none"  # WER normalisation rules: "none" | "phoenix14" | "phoenix14t"
+    # CPU intra-op threads (0: torch's default). Fixed, so a seed gives the same weights on every run;
+    # small models train fastest on one thread, and two runs side by side do not fight over cores.
+    threads: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "step_epochs", tuple(int(e) for e in self.step_epochs))
@@ -102,6 +105,8 @@ class TrainConfig:
             raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not self.lr > 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr!r}")
+        if int(self.threads) < 0:
+            raise ValueError(f"train.threads must be >= 0 (0: torch's default), got {self.threads!r}")
         if self.frame_budget < 0:
             raise ValueError(f"train.frame_budget must be >= 0 (0: none), got {self.frame_budget!r}")
         if self.warmup_epochs < 0 or self.grad_clip < 0 or self.weight_decay < 0 or self.num_workers < 0:
@@ -390,6 +395,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def make_deterministic(threads: int) -> None:
+    """Same seed, same weights: a fixed CPU thread count and torch's deterministic kernels.
+
+    Reductions split across a different number of threads sum in a different order, so the
+    thread count is part of the run's config (``train.threads``), not the machine's load.
+    """
+    if threads > 0:
+        torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -540,6 +556,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist, hooks: TrainHoo
     if d.main:
         for tmp in remove_stale_temps(out_dir):
             log.info("removed %s (a checkpoint write that a killed run left unfinished)", tmp)
+    make_deterministic(tc.threads)
     seed_everything(tc.seed)  # same initial weights on every rank
 
     # Data: the training split with augmentation, dev with the center crop.

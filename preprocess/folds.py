@@ -20,10 +20,11 @@ from typing import Sequence
 import numpy as np
 
 from preprocess import cache as cache_lib
+from preprocess.configs import UserError
 from preprocess.manifest import Utterance, read_manifest, write_manifest, write_text_if_changed
 from preprocess.vocab import Vocabulary
 
-GROUP_BY = ("sentence", "signer", "none")  # what must never be split across folds
+GROUP_BY = ("none", "sentence", "signer")  # what must never be split across folds ("none": each utterance on its own)
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def _groups(utts: Sequence[Utterance], group_by: str) -> list[str]:
     return [u.id for u in utts]
 
 
-def assign_folds(utts: Sequence[Utterance], k: int, group_by: str = "sentence", seed: int = 0) -> list[int]:
+def assign_folds(utts: Sequence[Utterance], k: int, group_by: str = "none", seed: int = 0) -> list[int]:
     """Fold index of every utterance: groups (see ``GROUP_BY``) never straddle two folds.
 
     Groups are shuffled with ``seed`` and dealt by scikit-learn's ``GroupKFold`` (which
@@ -55,18 +56,18 @@ def assign_folds(utts: Sequence[Utterance], k: int, group_by: str = "sentence", 
     leave-one-signer-out.
 
     Raises:
-        ValueError: when there are fewer groups than folds.
+        UserError: when there are fewer groups than folds.
     """
     from sklearn.model_selection import GroupKFold
 
     if group_by not in GROUP_BY:
         raise ValueError(f"group_by must be one of {GROUP_BY}, got {group_by!r}")
     if k < 2:
-        raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
+        raise UserError(f"cross-validation needs at least 2 folds, got {k}")
     groups = _groups(utts, group_by)
     distinct = sorted(set(groups))
     if len(distinct) < k:
-        raise ValueError(f"{len(utts)} utterances form {len(distinct)} {group_by} group(s), fewer than "
+        raise UserError(f"{len(utts)} utterances form {len(distinct)} {group_by} group(s), fewer than "
                          f"the {k} folds asked for; use --folds {max(2, len(distinct))} or fewer")
     # GroupKFold is deterministic in the group sizes; relabelling groups at random gives seeded folds.
     perm = np.random.default_rng(seed).permutation(len(distinct))
@@ -90,7 +91,7 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def make_fold_view(cache_root: str | os.PathLike, dataset: str, fold: int, k: int, group_by: str = "sentence",
+def make_fold_view(cache_root: str | os.PathLike, dataset: str, fold: int, k: int, group_by: str = "none",
                    seed: int = 0, dev_frac: float = 0.0, split: str = "train") -> FoldView:
     """Materialise fold ``fold`` of ``k`` of ``dataset``'s ``split`` as ``<cache>/<view name>``.
 
@@ -107,7 +108,7 @@ def make_fold_view(cache_root: str | os.PathLike, dataset: str, fold: int, k: in
     src = cache_lib.dataset_dir(cache_root, dataset)
     utts = read_manifest(src / "manifest.jsonl", split=split)
     if not utts:
-        raise ValueError(f"{src / 'manifest.jsonl'}: split {split!r} is empty; nothing to cross-validate")
+        raise UserError(f"{src / 'manifest.jsonl'}: split {split!r} is empty; nothing to cross-validate")
     folds = assign_folds(utts, k, group_by, seed)
     held = [u for u, f in zip(utts, folds) if f == fold]
     rest = [u for u, f in zip(utts, folds) if f != fold]
@@ -120,7 +121,7 @@ def make_fold_view(cache_root: str | os.PathLike, dataset: str, fold: int, k: in
         chosen = set(rng.choice(distinct, size=n_dev, replace=False).tolist())
         dev_ids = {u.id for u, g in zip(rest, groups) if g in chosen}
 
-    name = f"{dataset}_cv{k}{'' if group_by == 'sentence' else '_' + group_by}_s{seed}_f{fold}"
+    name = f"{dataset}_cv{k}{'' if group_by == 'none' else '_' + group_by}_s{seed}_f{fold}"
     if dev_frac > 0:
         name += f"_dev{int(round(dev_frac * 100))}"
     dst = cache_lib.dataset_dir(cache_root, name)
@@ -132,6 +133,10 @@ def make_fold_view(cache_root: str | os.PathLike, dataset: str, fold: int, k: in
         cached = cache_lib.utt_path(cache_root, dataset, split, u.id)
         if cached.is_file():
             _link(cached, cache_lib.utt_path(cache_root, name, new_split, u.id))
+    where = {(u.split, u.id) for u in view}
+    for stale in dst.glob("*/*.npz"):  # files of an earlier assignment under another split
+        if (stale.parent.name, stale.stem) not in where:
+            stale.unlink()
     dst.mkdir(parents=True, exist_ok=True)
     write_manifest(dst / "manifest.jsonl", view)
     train_sents = [u.glosses for u in view if u.split == "train"]

@@ -77,7 +77,7 @@ def test_landmark_inputs_are_gathered_before_any_per_point_work(exported):
         if n.op_type == "Constant":
             consts[n.output[0]] = onnx.numpy_helper.to_array(n.attribute[0].t)
     read = {tuple(consts[n.input[1]].tolist()) for n in consumers}
-    assert read == {tuple(model.gather.tolist())} and len(model.gather) == 92  # the shoulders are in the subset
+    assert read == {tuple(model.input.gather.tolist())} and len(model.input.gather) == 92  # the shoulders are in the subset
 
 
 @pytest.mark.parametrize("lengths", [(37, 21, 50), (9,)])

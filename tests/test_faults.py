@@ -503,7 +503,8 @@ def test_kill_9_during_training_resumes_to_the_same_run(reference_run, tmp_path)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "models.train", "--config", str(cfg), "--out", str(out), "--device", "cpu",
            "--epochs", "3"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the thread count of this process (conftest): same sums
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + 120
         while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text().strip():

@@ -1,0 +1,224 @@
+"""`make cv`: k-fold cross-validation of a teacher, its distilled student and the CTC-only twin.
+
+    python -m evaluate.cv --dataset boston104 --teacher-config configs/teachers/small_keypoints.yaml \\
+        --recipe small_keypoints [--folds 5] [--seeds 0 1 2] [--group-by sentence|signer|none]
+
+For corpora without a dev split. Each fold is a dataset view of the cache
+(``preprocess.folds``): trained on the other folds, scored on the held-out one, whose labels
+select nothing (best.pt is chosen by training loss, or on a dev part carved out of the
+training folds with ``--dev-frac``). For every fold and seed it trains the teacher
+(``models.train``), the student distilled from that fold's teacher and its CTC-only twin
+(``distill.train``); finished runs are skipped, so an interrupted CV resumes. The report
+(``<out>/report.json`` and ``report.md``) gives per model the WER pooled over the folds
+(every sentence scored once) for each seed, mean ± sd over seeds and over fold x seed runs,
+and paired differences; a claim "A beats B" is printed only when the mean gap exceeds its sd.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from preprocess.configs import UserError, print_user_error
+from preprocess.folds import GROUP_BY, FoldView, make_fold_view
+from preprocess.manifest import atomic_write_text
+
+log = logging.getLogger("evaluate.cv")
+MODELS = ("teacher", "student", "twin")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    model: str  # "teacher" | "student" | "twin"
+    fold: int
+    seed: int
+    wer: float  # held-out fold WER (%)
+    errors: int  # substitutions + deletions + insertions
+    n_ref: int  # reference glosses of the held-out fold
+    unseen_tokens: int  # held-out glosses the fold's training part never shows
+
+
+def _score_dict(r: Any) -> dict[str, Any]:
+    d = r if isinstance(r, dict) else r.to_dict()
+    return {"wer": float(d["wer"]), "errors": int(d["sub"]) + int(d["del"]) + int(d["ins"]), "n_ref": int(d["n_ref"])}
+
+
+def run_teacher(config: str, view: FoldView, seed: int, out: Path, cache: str, epochs: int | None,
+                beam: int, device: str) -> dict[str, Any]:
+    """Train (or resume) the fold's teacher and score its held-out fold; cached in result.json."""
+    from evaluate.eval import evaluate
+    from models.train import load_config, train
+
+    done = out / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text(encoding="utf-8"))
+    cfg = load_config(config, cache=cache, epochs=epochs)
+    cfg = replace(cfg, data=replace(cfg.data, dataset=view.name, dev_split="dev"), train=replace(cfg.train, seed=seed))
+    summary = train(cfg, out, resume=True, device=device)
+    ckpt = summary["best_path"] or summary["last"]
+    result = _score_dict(evaluate(ckpt, cache, view.name, "test", beam=beam, out=out / "eval", device="cpu"))
+    atomic_write_text(done, json.dumps(result) + "\n")
+    return result
+
+
+def run_student(recipe_name: str, view: FoldView, seed: int, out: Path, cache: str, epochs: int | None,
+                teacher: Path | None, kd: bool, device: str) -> dict[str, Any]:
+    """Distil (kd) or train the CTC-only twin on the fold; held-out WER from its results.json."""
+    from distill.recipes import load_recipe
+    from distill.train import run_recipe
+
+    done = out / "results.json"
+    if not done.is_file():
+        recipe = load_recipe(recipe_name, cache=cache, epochs=epochs)
+        recipe = replace(recipe, data=replace(recipe.data, dataset=view.name, dev_split="dev"),
+                         train=replace(recipe.train, seed=seed))
+        run_recipe(recipe, out, teacher=str(teacher) if teacher else None, kd=kd, resume=True, device=device)
+    results = json.loads(done.read_text(encoding="utf-8"))
+    return _score_dict(results["splits"]["test"])
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    vals = list(values)
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def summarise(runs: Sequence[RunResult]) -> dict[str, Any]:
+    """Per model: pooled WER per seed, mean ± sd over seeds and over runs; paired differences."""
+    models = [m for m in MODELS if any(r.model == m for r in runs)]
+    seeds = sorted({r.seed for r in runs})
+    out: dict[str, Any] = {"models": {}, "pairs": {}}
+    for m in models:
+        mine = [r for r in runs if r.model == m]
+        pooled = {}
+        for s in seeds:
+            rs = [r for r in mine if r.seed == s]
+            if rs:
+                pooled[s] = 100.0 * sum(r.errors for r in rs) / max(1, sum(r.n_ref for r in rs))
+        pm, psd = mean_sd(list(pooled.values()))
+        fm, fsd = mean_sd([r.wer for r in mine])
+        out["models"][m] = {"pooled_by_seed": pooled, "mean": pm, "sd": psd, "runs": len(mine),
+                            "fold_mean": fm, "fold_sd": fsd}
+    for a, b in (("student", "twin"), ("teacher", "twin"), ("student", "teacher")):
+        if a in out["models"] and b in out["models"]:
+            pa, pb = out["models"][a]["pooled_by_seed"], out["models"][b]["pooled_by_seed"]
+            diffs = [pa[s] - pb[s] for s in pa if s in pb]
+            if diffs:
+                dm, dsd = mean_sd(diffs)
+                sd = max(out["models"][a]["sd"], out["models"][b]["sd"], dsd)
+                out["pairs"][f"{a}-{b}"] = {"mean_diff": dm, "sd_diff": dsd, "n": len(diffs),
+                                            "a_beats_b": dm < 0 and -dm > sd and len(diffs) >= 3}
+    return out
+
+
+def format_report(summary: dict[str, Any], header: str) -> str:
+    """Markdown table: pooled CV WER mean ± sd over seeds, per-run spread, and the claims that hold."""
+    lines = [header, "", "| model | CV WER (pooled, mean ± sd over seeds) | per seed | fold x seed runs: mean ± sd |",
+             "|---|---:|---|---:|"]
+    for m, s in summary["models"].items():
+        per_seed = " / ".join(f"{v:.1f}" for v in s["pooled_by_seed"].values())
+        lines.append(f"| {m} | {s['mean']:.1f} ± {s['sd']:.1f} | {per_seed} | "
+                     f"{s['fold_mean']:.1f} ± {s['fold_sd']:.1f} (n={s['runs']}) |")
+    lines.append("")
+    for pair, p in summary["pairs"].items():
+        a, b = pair.split("-")
+        verdict = (f"{a} beats {b}" if p["a_beats_b"] else
+                   f"no claim: the gap does not exceed the spread (or fewer than 3 seeds)")
+        lines.append(f"- {a} - {b}: {p['mean_diff']:+.1f} ± {p['sd_diff']:.1f} points over {p['n']} seed(s): {verdict}")
+    return "\n".join(lines) + "\n"
+
+
+def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None, cache: str = "cache",
+                   out: str | Path = "exp/cv", folds: int = 5, seeds: Sequence[int] = (0, 1, 2),
+                   group_by: str = "none", dev_frac: float = 0.0, epochs: int | None = None,
+                   models: Sequence[str] = MODELS, beam: int = 10, device: str = "cpu",
+                   fold_seed: int = 0) -> dict[str, Any]:
+    """Run every (fold, seed, model) not yet finished; write and return the report."""
+    bad = sorted(set(models) - set(MODELS))
+    if bad:
+        raise UserError(f"--models {bad} unknown; choose from {list(MODELS)}")
+    if ("teacher" in models or "student" in models) and not teacher_config:
+        raise UserError("the teacher and the distilled student need --teacher-config")
+    if ("student" in models or "twin" in models) and not recipe:
+        raise UserError("the student and its twin need --recipe")
+    out = Path(out) / dataset
+    views = [make_fold_view(cache, dataset, f, folds, group_by, fold_seed, dev_frac) for f in range(folds)]
+    runs: list[RunResult] = []
+    for view in views:
+        if view.unseen_tokens:
+            log.info("fold %d: %d of %d held-out gloss tokens never occur in its training part (they count as errors)",
+                     view.fold, view.unseen_tokens, view.test_tokens)
+        for seed in seeds:
+            base = out / view.name / f"seed{seed}"
+            teacher_ckpt = None
+            if "teacher" in models or "student" in models:
+                r = run_teacher(teacher_config, view, seed, base / "teacher", cache, epochs, beam, device)
+                runs.append(RunResult("teacher", view.fold, seed, unseen_tokens=view.unseen_tokens, **r))
+                teacher_ckpt = base / "teacher" / "best.pt"
+                if not teacher_ckpt.is_file():
+                    teacher_ckpt = base / "teacher" / "last.pt"
+            twin = None
+            if "twin" in models:
+                twin = run_student(recipe, view, seed, base / "twin", cache, epochs, None, False, device)
+                runs.append(RunResult("twin", view.fold, seed, unseen_tokens=view.unseen_tokens, **twin))
+            if "student" in models:
+                if twin is not None and runs[-2].model == "teacher" and runs[-2].wer > twin["wer"]:
+                    log.warning("fold %d seed %d: the teacher (%.1f%% WER) is worse than the student's CTC twin "
+                                "(%.1f%%); distillation may make the student worse", view.fold, seed,
+                                runs[-2].wer, twin["wer"])
+                r = run_student(recipe, view, seed, base / "student", cache, epochs, teacher_ckpt, True, device)
+                runs.append(RunResult("student", view.fold, seed, unseen_tokens=view.unseen_tokens, **r))
+    summary = summarise(runs)
+    unseen = sum(v.unseen_tokens for v in views)
+    total = sum(v.test_tokens for v in views)
+    header = (f"## {dataset}: {folds}-fold cross-validation (grouped by {group_by}), seeds {list(seeds)}\n\n"
+              f"teacher `{teacher_config}`, recipe `{recipe}`; {unseen} of {total} held-out gloss tokens "
+              f"({100.0 * unseen / max(total, 1):.1f}%) never occur in their fold's training part.")
+    report = {"dataset": dataset, "folds": folds, "group_by": group_by, "seeds": list(seeds), "dev_frac": dev_frac,
+              "teacher_config": teacher_config, "recipe": recipe, "epochs": epochs,
+              "unseen_tokens": unseen, "test_tokens": total, "summary": summary,
+              "runs": [asdict(r) for r in runs]}
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(out / "report.md", format_report(summary, header))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m evaluate.cv", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", required=True, help="dataset under the cache root (make features DATASET=...)")
+    p.add_argument("--teacher-config", help="teacher training YAML (its data.dataset is replaced by each fold)")
+    p.add_argument("--recipe", help="distillation recipe name or YAML (its data.dataset is replaced by each fold)")
+    p.add_argument("--cache", default="cache", help="cache root")
+    p.add_argument("--out", default="exp/cv", help="output root; runs go to <out>/<dataset>/<fold>/seed<N>/")
+    p.add_argument("--folds", type=int, default=5, help="number of folds")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds per fold")
+    p.add_argument("--group-by", choices=GROUP_BY, default="none",
+                   help="what never straddles two folds: nothing (each utterance alone), the same gloss sentence, or a signer")
+    p.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment")
+    p.add_argument("--dev-frac", type=float, default=0.0,
+                   help="share of each fold's training part held out to choose best.pt (0: by training loss)")
+    p.add_argument("--epochs", type=int, help="override the teacher's and the recipe's epochs")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="which models to run")
+    p.add_argument("--beam", type=int, default=10, help="beam of the teacher's held-out decoding")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="training device")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        report = cross_validate(args.dataset, args.teacher_config, args.recipe, args.cache, args.out, args.folds,
+                                args.seeds, args.group_by, args.dev_frac, args.epochs, args.models, args.beam,
+                                args.device, args.fold_seed)
+    except UserError as e:
+        return print_user_error(e)
+    out = Path(args.out) / args.dataset
+    print((out / "report.md").read_text(encoding="utf-8"), end="")
+    print(f"report: {out / 'report.json'}")
+    return 0 if report["runs"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
