@@ -409,6 +409,37 @@ def _frame_size(utt) -> tuple[int, int] | None:
     return None
 
 
+def render_utterance(cache: str | os.PathLike, dataset: str, utt: str, out: str | os.PathLike,
+                     width: int | None = None, height: int | None = None) -> int:
+    """A cached utterance's landmarks drawn on a black canvas as an MP4 (no video needed), its
+    reference glosses as the caption; returns the frames written."""
+    from preprocess.cache import dataset_dir, load_utt, read_meta
+    from preprocess.manifest import read_manifest
+    from preprocess.render import render_landmarks
+
+    layout = read_meta(cache, dataset).get("keypoint_layout")
+    if not layout:
+        raise ValueError(f"{dataset_dir(cache, dataset) / 'meta.json'}: no keypoint_layout; "
+                         "the cache was built without landmarks")
+    manifest = dataset_dir(cache, dataset) / "manifest.jsonl"
+    utts = {u.id: u for u in read_manifest(manifest)} if manifest.is_file() else {}
+    u = utts.get(utt)
+    if u is None:
+        raise ValueError(f"{manifest}: no utterance {utt!r} (e.g. {', '.join(list(utts)[:3]) or 'none'}); "
+                         "check --utt")
+    arrays = load_utt(dataset_dir(cache, dataset) / u.split / f"{utt}.npz", ("keypoints", "keypoints_mask"))
+    size = _frame_size(u) or (512, 512)
+    if width and height:
+        size = (width, height)
+    elif width or height:  # one side given: keep the source's aspect ratio
+        size = (width, round(width * size[1] / size[0])) if width else (round(height * size[0] / size[1]), height)
+    elif max(size) > 720:  # a preview need not be full HD
+        k = 720 / max(size)
+        size = (round(size[0] * k), round(size[1] * k))
+    return render_landmarks(arrays["keypoints"].astype(np.float32), arrays["keypoints_mask"].astype(bool), out,
+                            u.fps or 25.0, size, layout, caption=u.glosses)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m preprocess.keypoint_io", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -422,8 +453,23 @@ def main(argv: list[str] | None = None) -> int:
                    help="frame width x is scaled to (default: each utterance's own video size)")
     p.add_argument("--height", type=int, default=None,
                    help="frame height y is scaled to (default: each utterance's own video size)")
+    r = sub.add_parser("render", help="draw one cached utterance's landmarks as an MP4 (no video needed)")
+    r.add_argument("--cache", required=True, help="cache root (holds <dataset>/meta.json)")
+    r.add_argument("--dataset", required=True, help="dataset name inside the cache")
+    r.add_argument("--utt", required=True, help="utterance id")
+    r.add_argument("--out", required=True, help="output .mp4")
+    r.add_argument("--width", type=int, default=None, help="video width (default: the source's, at most 720)")
+    r.add_argument("--height", type=int, default=None, help="video height (default: the source's, at most 720)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.command == "render":
+        try:
+            n = render_utterance(args.cache, args.dataset, args.utt, args.out, args.width, args.height)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.out} ({n} frames)")
+        return 0
     try:
         written, failed = export_split(args.cache, args.dataset, args.split, args.out,
                                        args.width, args.height, args.manifest)

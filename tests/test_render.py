@@ -96,3 +96,24 @@ def test_infer_overlay_on_a_real_clip(shared_dir, tmp_path, capsys):
     src, _ = read_frames(clip)
     frames, codec, _ = decode(out)
     assert codec == "h264" and len(frames) == len(src)
+
+
+def test_keypoint_io_render_of_a_cached_utterance(tmp_path, capsys):
+    from preprocess import keypoint_io
+    from preprocess.cache import dataset_dir, load_utt
+    from preprocess.manifest import read_manifest
+    from test_data import DATASET, make_tiny_cache
+
+    cache = make_tiny_cache(tmp_path / "cache")
+    u = read_manifest(dataset_dir(cache, DATASET) / "manifest.jsonl")[0]
+    n = len(load_utt(dataset_dir(cache, DATASET) / u.split / f"{u.id}.npz", ("keypoints",))["keypoints"])
+    out = tmp_path / "r.mp4"
+    assert keypoint_io.main(["render", "--cache", str(cache), "--dataset", DATASET, "--utt", u.id,
+                             "--out", str(out), "--width", "96"]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out} ({n} frames)"
+    frames, codec, _ = decode(out)
+    assert codec == "h264" and len(frames) == n and frames[0].shape[1] == 96
+    assert max(f.max() for f in frames) > 100  # something is drawn
+    assert keypoint_io.main(["render", "--cache", str(cache), "--dataset", DATASET, "--utt", "nope",
+                             "--out", str(out)]) == 2
+    assert "no utterance 'nope'" in capsys.readouterr().err
