@@ -535,10 +535,7 @@ def _synth_config(synthsign: Any, generator: Mapping[str, Any]) -> Any:
 
     options = dict(generator)
     name = options.pop("preset", "default")
-    fields = {f.name for f in dataclasses.fields(synthsign.SynthConfig)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise ValueError(f"synthsign generator options {unknown} unknown; SynthConfig fields: {sorted(fields)}")
+    check_keys(options, {f.name for f in dataclasses.fields(synthsign.SynthConfig)}, "", "synthsign generator options")
     return synthsign.preset(str(name), **options)
 
 

@@ -1202,19 +1202,10 @@ def _write_corpus(cfg: SynthConfig, root: Path, progress: bool) -> None:
 # Command line
 # ---------------------------------------------------------------------------------------------
 def _load_yaml_config(path: str) -> dict[str, Any]:
-    import yaml
+    from preprocess.configs import check_keys, load_yaml
 
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except OSError as e:
-        raise ValueError(f"{p}: cannot read the synthsign config ({e.strerror})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{p}: expected a mapping of SynthConfig fields, got {type(data).__name__}")
-    known = {f.name for f in fields(SynthConfig)} | {"preset"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{p}: unknown synthsign fields {unknown}; known: {sorted(known)}")
+    data = load_yaml(path, "synthsign config")
+    check_keys(data, {f.name for f in fields(SynthConfig)} | {"preset"}, str(path), "synthsign fields")
     return data
 
 

@@ -415,7 +415,7 @@ def test_synthsign_generates_once(tmp_path, fake_synthsign):
 def test_synthsign_bad_generator_options(tmp_path, fake_synthsign):
     with pytest.raises(ValueError, match="unknown synthsign preset 'huge'"):
         prepare_synthsign(tmp_path / "s", tmp_path / "out", generator={"preset": "huge"})
-    with pytest.raises(ValueError, match=r"options \['colour'\] unknown"):
+    with pytest.raises(ValueError, match=r"unknown synthsign generator options \['colour'\]"):
         prepare_synthsign(tmp_path / "s", tmp_path / "out", generator={"colour": "red"})
 
 

@@ -202,6 +202,13 @@ def test_invalid_yaml_in_teacher_and_recipe_configs(tmp_path, capsys):
     assert distill_train.main(["--recipe", str(recipe), "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{recipe}:" in err and "not valid YAML" in err
+    from preprocess import synthsign
+
+    gen = tmp_path / "synth.yaml"
+    gen.write_text("num_train: [4\n")
+    assert synthsign.main(["--config", str(gen), "--out", str(tmp_path / "synth"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{gen}:" in err and "not valid YAML" in err
     latin = tmp_path / "latin.yaml"
     latin.write_bytes("data:\n  dataset: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin.yaml:2: not UTF-8"):
