@@ -58,7 +58,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from models.base import TIME_REDUCTION, InputSpec
-from models.checkpoint import check_compatible, checkpoint_streams, load_model
+from models.checkpoint import check_compatible, checkpoint_streams
+from models.ensemble import load_ensemble
 from models.data import AugmentConfig, BucketBatchSampler, CacheDataset, collate
 from evaluate.decode import greedy_decode
 from models.students import LandmarkAugment, LandmarkAugmentConfig
@@ -80,8 +81,16 @@ class StaleTeacherCache(UserError):
 # ------------------------------------------------------------------------------ fingerprints
 
 
+def teacher_paths(teacher: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """One teacher checkpoint, or the members of an ensemble teacher, as a list of paths."""
+    return [Path(teacher)] if isinstance(teacher, (str, os.PathLike)) else [Path(p) for p in teacher]
+
+
 def teacher_fingerprint(ckpt: Mapping[str, Any]) -> str:
-    """sha256 (first 16 hex digits) of a checkpoint's model: config, vocabulary, spec and weights."""
+    """sha256 (first 16 hex digits) of a checkpoint's model: config, vocabulary, spec and weights
+    (of every member, in order, for an ensemble)."""
+    if ckpt.get("members"):
+        return hashlib.sha256("+".join(teacher_fingerprint(m) for m in ckpt["members"]).encode()).hexdigest()[:16]
     h = hashlib.sha256()
     meta = {k: ckpt.get(k) for k in ("model_config", "student_config", "input_spec", "vocab", "crop_size", "streams")}
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
@@ -239,13 +248,14 @@ def _open_if_complete(split_dir: Path) -> TeacherCache | None:
 
 
 @torch.no_grad()
-def prepare_teacher_cache(teacher: str | os.PathLike, cache_root: str | os.PathLike, dataset: str, split: str,
+def prepare_teacher_cache(teacher: str | os.PathLike | Sequence[str | os.PathLike], cache_root: str | os.PathLike, dataset: str, split: str,
                           out_dir: str | os.PathLike, features: Sequence[str] = (), reduce_dim: int = 0,
                           rebuild: bool = False, batch_size: int = 8, device: str | torch.device = "cpu") -> TeacherCache:
     """The teacher outputs of ``split``: reused when they match, built when absent, refused when stale.
 
     Args:
-        teacher: teacher checkpoint (any ``models.checkpoint.load_model`` checkpoint).
+        teacher: teacher checkpoint (any ``models.checkpoint.load_model`` checkpoint), or several:
+            their ``models.ensemble.Ensemble`` is the teacher.
         cache_root, dataset, split: the feature cache split to run over.
         out_dir: folder of the split's outputs, e.g. ``<run>/teacher_outputs/<split>``.
         features: teacher feature names to store besides the posteriors.
@@ -258,8 +268,11 @@ def prepare_teacher_cache(teacher: str | os.PathLike, cache_root: str | os.PathL
     if reduce_dim < 0:
         raise ValueError(f"teacher reduce_dim must be >= 0, got {reduce_dim}")
     out_dir = Path(out_dir)
-    model, ckpt = load_model(teacher, device)
-    check_compatible(ckpt, cache_root, dataset, ckpt_name=f"teacher {teacher}")
+    paths = teacher_paths(teacher)
+    model, ckpt = load_ensemble(paths, device)
+    for p, member in zip(paths, ckpt.get("members") or [ckpt]):
+        check_compatible(member, cache_root, dataset, ckpt_name=f"teacher {p}")
+    teacher = ",".join(str(p) for p in paths)
     streams = checkpoint_streams(ckpt)
     crop = int(ckpt.get("crop_size") or 0)
     ds = CacheDataset(cache_root, dataset, split, streams, augment=None, crop_size=crop, require_targets=False)

@@ -42,7 +42,8 @@ from torch.utils.data import DataLoader, Dataset
 from distill.losses import FeatureProjector, ctc_alignment_segments, hierarchical_kd, smkd_self_distill
 from distill.recipes import Recipe, StageConfig, load_recipe, recipe_dict, student_config
 from distill.teacher_cache import (StudentDataset, TeacherCache, prepare_teacher_cache, probe, student_collate,
-                                   teacher_fingerprint)
+                                   teacher_fingerprint, teacher_paths)
+from models.ensemble import load_ensemble
 from models.base import TIME_REDUCTION, InputSpec, ModelOutput
 from models.checkpoint import check_compatible, checkpoint_streams, load_checkpoint, load_model, remove_stale_temps
 from models.data import BucketBatchSampler, CacheDataset, collate, input_spec
@@ -324,7 +325,7 @@ def _json_safe(x: Any) -> Any:
     return json.loads(json.dumps(x, default=str))
 
 
-def run_recipe(recipe: Recipe, out_dir: str | os.PathLike, teacher: str | None = None, kd: bool = True,
+def run_recipe(recipe: Recipe, out_dir: str | os.PathLike, teacher: str | Sequence[str] | None = None, kd: bool = True,
                resume: bool = False, rebuild_teacher_cache: bool = False, train_teacher: bool = False,
                device: str = "cpu") -> dict[str, Any]:
     """Check inputs, cache the teacher, train every stage, evaluate; returns the results dict."""
@@ -349,13 +350,18 @@ def run_recipe(recipe: Recipe, out_dir: str | os.PathLike, teacher: str | None =
     projectors: nn.ModuleDict | None = None
     cache_s = 0.0
     if use_kd:
-        tpath = resolve_teacher(recipe, teacher, dc.cache, train_teacher, device)
-        tckpt = load_checkpoint(tpath)
-        check_compatible(tckpt, dc.cache, dc.dataset, ckpt_name=f"teacher {tpath}")
-        tmodel, _ = load_model(tpath)
+        if teacher is not None and not isinstance(teacher, (str, os.PathLike)) and len(teacher) > 1:
+            tpath: Any = [resolve_teacher(recipe, str(p), dc.cache, False, device) for p in teacher]  # an ensemble
+        else:
+            one = teacher if teacher is None or isinstance(teacher, (str, os.PathLike)) else teacher[0]
+            tpath = resolve_teacher(recipe, one, dc.cache, train_teacher, device)
+        tmodel, tckpt = load_ensemble(teacher_paths(tpath))
+        for p, member in zip(teacher_paths(tpath), tckpt.get("members") or [tckpt]):
+            check_compatible(member, dc.cache, dc.dataset, ckpt_name=f"teacher {p}")
+        tname = ",".join(str(p) for p in teacher_paths(tpath))
         check_time_reduction(tmodel, InputSpec(**tckpt["input_spec"]), checkpoint_streams(tckpt), probe_student,
-                             spec, streams, str(tpath))
-        teacher_info = {"path": str(tpath), "fingerprint": teacher_fingerprint(tckpt)}
+                             spec, streams, tname)
+        teacher_info = {"path": tname, "fingerprint": teacher_fingerprint(tckpt)}
         del tmodel
         t0 = time.time()
         tcache = prepare_teacher_cache(tpath, dc.cache, dc.dataset, dc.train_split, out_dir / "teacher_outputs" / dc.train_split,
@@ -463,7 +469,8 @@ def _epoch_times(out_dir: Path, stages: Sequence[StageConfig]) -> dict[str, floa
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m distill.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", required=True, help="recipe name (configs/recipes/<name>.yaml) or a YAML path")
-    p.add_argument("--teacher", help="teacher checkpoint (default exp/teachers/<name>/best.pt, else exp/kd_teachers/...)")
+    p.add_argument("--teacher", nargs="+", help="teacher checkpoint (default exp/teachers/<name>/best.pt, else "
+                   "exp/kd_teachers/...); several checkpoints: their ensemble (mean posterior) teaches")
     p.add_argument("--cache", help="cache root (overrides data.cache)")
     p.add_argument("--out", help="output folder (default exp/students/<recipe>, or <recipe>_ctc with --no-kd)")
     p.add_argument("--no-kd", action="store_true", help="train the same student with CTC alone (the ablation twin)")

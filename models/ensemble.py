@@ -1,0 +1,67 @@
+"""An ensemble of trained models of the same vocabulary and inputs, used as one teacher.
+
+On a small corpus a single teacher is often no better than the student it should teach;
+the average of a few independently seeded runs is (ensembling removes much of the
+seed-to-seed variance), and distilling that average into one student keeps most of the gain
+at one model's cost. The ensemble's posteriors are the mean of the members' probabilities
+(returned as log-probabilities, which ``log_softmax`` leaves unchanged); its features are the
+members' features side by side, so a student's projector can regress onto all of them.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from models.base import ModelOutput
+from preprocess.configs import UserError
+
+
+class Ensemble(nn.Module):
+    """Members with equal time reduction and vocabulary, as one ``forward(inputs, lengths)`` model."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, inputs: dict[str, Tensor], lengths: Tensor) -> ModelOutput:
+        outs = [m(inputs, lengths) for m in self.members]
+        first = outs[0]
+        for o in outs[1:]:
+            if not torch.equal(o.out_lengths, first.out_lengths):
+                raise ValueError("ensemble members reduce time differently; ensemble models of one architecture family")
+        n = torch.tensor(float(len(outs)))
+        logits = {}
+        for level in first.logits:
+            if all(level in o.logits for o in outs):
+                logp = torch.stack([o.logits[level].float().log_softmax(-1) for o in outs])  # [M, B, T', V]
+                logits[level] = torch.logsumexp(logp, dim=0) - torch.log(n)  # log of the mean probability
+        feats = {name: torch.cat([o.features[name].float() for o in outs], dim=-1)  # [B, T, M * D]
+                 for name in first.features if all(name in o.features for o in outs)}
+        return ModelOutput(logits=logits, out_lengths=first.out_lengths, features=feats)
+
+
+def load_ensemble(paths: Sequence[str | os.PathLike], device: str | torch.device = "cpu"
+                  ) -> tuple[nn.Module, dict[str, Any]]:
+    """One checkpoint: its model; several: an ``Ensemble`` and the first member's checkpoint dict
+    with ``members`` (every member's checkpoint) added. Members must share vocabulary, inputs and streams."""
+    from models.checkpoint import checkpoint_streams, load_model
+
+    loaded = [load_model(p, device) for p in paths]
+    if len(loaded) == 1:
+        return loaded[0]
+    model0, ckpt0 = loaded[0]
+    for p, (_, ck) in zip(paths[1:], loaded[1:]):
+        for key, what in (("vocab", "vocabulary"), ("input_spec", "input spec")):
+            if ck[key] != ckpt0[key]:
+                raise UserError(f"ensemble member {p} has another {what} than {paths[0]}; "
+                                "ensemble checkpoints trained on the same cache")
+        if checkpoint_streams(ck) != checkpoint_streams(ckpt0):
+            raise UserError(f"ensemble member {p} reads streams {checkpoint_streams(ck)}, "
+                            f"{paths[0]} reads {checkpoint_streams(ckpt0)}")
+    ensemble = Ensemble([m for m, _ in loaded]).to(device).eval()
+    return ensemble, {**ckpt0, "members": [ck for _, ck in loaded], "member_paths": [str(p) for p in paths]}
