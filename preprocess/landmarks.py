@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -48,7 +47,7 @@ _NOISE = (re.compile(r"^INFO: Created TensorFlow Lite"),
           re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called"))
 _quiet_lock = threading.Lock()
 _quiet_depth = 0
-_quiet_saved: tuple[int, Any] | None = None  # (saved fd 2, capture file) while a quiet section is open
+_quiet_state: tuple[int, int, threading.Thread] | None = None  # (saved fd 2, pipe write end, reader)
 
 
 def is_native_noise(line: str) -> bool:
@@ -59,45 +58,58 @@ def is_native_noise(line: str) -> bool:
     return any(p.match(line) for p in _NOISE)
 
 
+def _forward(read_fd: int, out_fd: int) -> None:
+    """Copy lines from the pipe to the real stderr as they arrive, dropping the noise."""
+    buf = b""
+    with os.fdopen(read_fd, "rb", buffering=0) as r:
+        while chunk := r.read(65536):
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            keep = [ln for ln in lines if ln.strip() and not is_native_noise(ln.decode("utf-8", "replace"))]
+            if keep:
+                os.write(out_fd, b"\n".join(keep) + b"\n")
+    if buf.strip() and not is_native_noise(buf.decode("utf-8", "replace")):
+        os.write(out_fd, buf + b"\n")
+
+
 @contextmanager
 def quiet_native_stderr() -> Iterator[None]:
-    """Capture file descriptor 2 (where C++ logs go) for the block, then replay the lines that are not noise.
+    """Route file descriptor 2 (where C++ logs go) through a filter for the block: noise is dropped,
+    every other line reaches the real stderr as it is written (so an error before a crash shows).
 
     Sections may overlap across threads (two graphs starting at once): the first to enter
-    redirects, the last to leave restores and replays, so no thread restores another's capture.
+    redirects, the last to leave restores, so no thread restores another's redirection.
     """
-    global _quiet_depth, _quiet_saved
+    global _quiet_depth, _quiet_state
     with _quiet_lock:
         if _quiet_depth == 0:
             try:
                 sys.stderr.flush()
-                saved, cap = os.dup(2), tempfile.TemporaryFile()
-                os.dup2(cap.fileno(), 2)
-                _quiet_saved = (saved, cap)
+                saved = os.dup(2)
+                r, w = os.pipe()
+                reader = threading.Thread(target=_forward, args=(r, saved), name="stderr-filter", daemon=True)
+                reader.start()
+                os.dup2(w, 2)
+                _quiet_state = (saved, w, reader)
             except (OSError, ValueError):  # no usable fd 2 (e.g. closed): nothing to quieten
-                _quiet_saved = None
+                _quiet_state = None
         _quiet_depth += 1
     try:
         yield
     finally:
         with _quiet_lock:
             _quiet_depth -= 1
-            if _quiet_depth == 0 and _quiet_saved is not None:
-                saved, cap = _quiet_saved
-                _quiet_saved = None
+            if _quiet_depth == 0 and _quiet_state is not None:
+                saved, w, reader = _quiet_state
+                _quiet_state = None
                 try:
                     sys.stderr.flush()
                 except (OSError, ValueError):
                     pass
-                os.dup2(saved, 2)
+                os.dup2(saved, 2)  # fd 2 no longer points at the pipe ...
+                os.close(w)  # ... so closing our end lets the reader see the end of it
+                reader.join(timeout=5.0)
                 os.close(saved)
-                cap.seek(0)
-                text = cap.read().decode("utf-8", errors="replace")
-                cap.close()
-                kept = [line for line in text.splitlines() if line.strip() and not is_native_noise(line)]
-                if kept:
-                    sys.stderr.write("".join(line + "\n" for line in kept))
-                    sys.stderr.flush()
 
 
 class NoPersonError(UserError):

@@ -47,3 +47,18 @@ def test_noise_classifier():
     assert not is_native_noise("E0000 00:00:1.0 1 calculator_graph.cc:1] failed")
     assert not is_native_noise("F0000 00:00:1.0 1 x.cc:1] Check failed")
     assert not is_native_noise("Traceback (most recent call last):")
+
+
+def test_an_error_shows_even_when_the_process_dies_inside_the_section():
+    proc = run("""
+        import os, time
+        from preprocess.landmarks import quiet_native_stderr
+
+        with quiet_native_stderr():
+            os.write(2, b"I0000 00:00:1.0 1 gl.cc:1] chatter\\n")
+            os.write(2, b"F0000 00:00:1.0 1 graph.cc:9] Check failed: about to abort\\n")
+            time.sleep(0.5)  # lines are forwarded as they come, not at the end of the section
+            os._exit(3)
+    """)
+    assert proc.returncode == 3
+    assert proc.stderr.splitlines() == ["F0000 00:00:1.0 1 graph.cc:9] Check failed: about to abort"]
