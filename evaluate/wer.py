@@ -168,11 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
         result = score_files(args.hyp, args.ref, args.rules)
-    except (FormatError, ScoringError) as e:
+        if args.report:
+            atomic_write_text(args.report, format_report(result) + "\n")
+    except UserError as e:  # FormatError, ScoringError, a report that cannot be written: one line
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.report:
-        atomic_write_text(args.report, format_report(result) + "\n")
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
