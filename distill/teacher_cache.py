@@ -59,7 +59,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from models.base import TIME_REDUCTION, InputSpec
 from models.checkpoint import check_compatible, checkpoint_streams
-from models.ensemble import load_ensemble
+from models.ensemble import checkpoint_paths, load_ensemble
 from models.data import AugmentConfig, BucketBatchSampler, CacheDataset, collate
 from evaluate.decode import greedy_decode
 from models.students import LandmarkAugment, LandmarkAugmentConfig
@@ -79,11 +79,6 @@ class StaleTeacherCache(UserError):
 
 
 # ------------------------------------------------------------------------------ fingerprints
-
-
-def teacher_paths(teacher: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """One teacher checkpoint, or the members of an ensemble teacher, as a list of paths."""
-    return [Path(teacher)] if isinstance(teacher, (str, os.PathLike)) else [Path(p) for p in teacher]
 
 
 def teacher_fingerprint(ckpt: Mapping[str, Any]) -> str:
@@ -268,7 +263,7 @@ def prepare_teacher_cache(teacher: str | os.PathLike | Sequence[str | os.PathLik
     if reduce_dim < 0:
         raise ValueError(f"teacher reduce_dim must be >= 0, got {reduce_dim}")
     out_dir = Path(out_dir)
-    paths = teacher_paths(teacher)
+    paths = checkpoint_paths(teacher)
     model, ckpt = load_ensemble(paths, device)
     for p, member in zip(paths, ckpt.get("members") or [ckpt]):
         check_compatible(member, cache_root, dataset, ckpt_name=f"teacher {p}")

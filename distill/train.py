@@ -42,8 +42,8 @@ from torch.utils.data import DataLoader, Dataset
 from distill.losses import FeatureProjector, ctc_alignment_segments, hierarchical_kd, smkd_self_distill
 from distill.recipes import Recipe, StageConfig, load_recipe, recipe_dict, student_config
 from distill.teacher_cache import (StudentDataset, TeacherCache, prepare_teacher_cache, probe, student_collate,
-                                   teacher_fingerprint, teacher_paths)
-from models.ensemble import load_ensemble
+                                   teacher_fingerprint)
+from models.ensemble import checkpoint_paths, load_ensemble
 from models.base import TIME_REDUCTION, InputSpec, ModelOutput
 from models.checkpoint import check_compatible, checkpoint_streams, load_checkpoint, load_model, remove_stale_temps
 from models.data import BucketBatchSampler, CacheDataset, collate, input_spec
@@ -355,10 +355,10 @@ def run_recipe(recipe: Recipe, out_dir: str | os.PathLike, teacher: str | Sequen
         else:
             one = teacher if teacher is None or isinstance(teacher, (str, os.PathLike)) else teacher[0]
             tpath = resolve_teacher(recipe, one, dc.cache, train_teacher, device)
-        tmodel, tckpt = load_ensemble(teacher_paths(tpath))
-        for p, member in zip(teacher_paths(tpath), tckpt.get("members") or [tckpt]):
+        tmodel, tckpt = load_ensemble(checkpoint_paths(tpath))
+        for p, member in zip(checkpoint_paths(tpath), tckpt.get("members") or [tckpt]):
             check_compatible(member, dc.cache, dc.dataset, ckpt_name=f"teacher {p}")
-        tname = ",".join(str(p) for p in teacher_paths(tpath))
+        tname = ",".join(str(p) for p in checkpoint_paths(tpath))
         check_time_reduction(tmodel, InputSpec(**tckpt["input_spec"]), checkpoint_streams(tckpt), probe_student,
                              spec, streams, tname)
         teacher_info = {"path": tname, "fingerprint": teacher_fingerprint(tckpt)}

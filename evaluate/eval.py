@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader
 
 from evaluate.decode import GlossLM, TimedGloss, beam_decode, greedy_decode, timed_glosses
 from models.base import TIME_REDUCTION
-from models.checkpoint import check_compatible, checkpoint_streams, load_model
+from models.checkpoint import check_compatible, checkpoint_streams
+from models.ensemble import checkpoint_paths, load_ensemble
 from models.data import BucketBatchSampler, CacheDataset, collate, meta_config
 from preprocess.cache import read_meta
 from preprocess.device import DEVICE_CHOICES, resolve_device
@@ -89,7 +90,7 @@ def checkpoint_dataset(state: dict, cache: str | os.PathLike, dataset: str | Non
                         crop_size=int(crop), require_targets=False)
 
 
-def evaluate(ckpt: str | os.PathLike, cache: str | os.PathLike, dataset: str | None = None, split: str = "dev",
+def evaluate(ckpt: str | os.PathLike | Sequence[str | os.PathLike], cache: str | os.PathLike, dataset: str | None = None, split: str = "dev",
              beam: int = 10, out: str | os.PathLike | None = None, rules: str | None = None,
              device: str = "cpu", batch_size: int = 8, lm: GlossLM | None = None, lm_weight: float = 0.5,
              ref: str | os.PathLike | None = None):
@@ -102,9 +103,10 @@ def evaluate(ckpt: str | os.PathLike, cache: str | os.PathLike, dataset: str | N
     from evaluate.formats import format_timed_ctm, read_transcripts, write_stm
     from evaluate.wer import format_report, score
 
-    ckpt = Path(ckpt)
-    model, state = load_model(ckpt, device)
-    ds = checkpoint_dataset(state, cache, dataset, split, str(ckpt))
+    paths = checkpoint_paths(ckpt)  # several: their ensemble (mean posterior) is decoded
+    model, state = load_ensemble(paths, device)
+    ckpt = paths[0]
+    ds = checkpoint_dataset(state, cache, dataset, split, ",".join(map(str, paths)))
     dataset = ds.dataset
     rules = rules or state.get("train_config", {}).get("rules") or "none"
     if len(ds) == 0:
@@ -136,7 +138,8 @@ def evaluate(ckpt: str | os.PathLike, cache: str | os.PathLike, dataset: str | N
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m evaluate.eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", required=True, help="checkpoint (best.pt / last.pt from models.train)")
+    p.add_argument("--ckpt", required=True, nargs="+",
+                   help="checkpoint (best.pt / last.pt from models.train); several: decode their ensemble")
     p.add_argument("--cache", required=True, help="cache root")
     p.add_argument("--dataset", help="dataset name under the cache root (default: the checkpoint's)")
     p.add_argument("--split", default="dev")

@@ -10,6 +10,7 @@ members' features side by side, so a student's projector can regress onto all of
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -43,6 +44,11 @@ class Ensemble(nn.Module):
         feats = {name: torch.cat([o.features[name].float() for o in outs], dim=-1)  # [B, T, M * D]
                  for name in first.features if all(name in o.features for o in outs)}
         return ModelOutput(logits=logits, out_lengths=first.out_lengths, features=feats)
+
+
+def checkpoint_paths(ckpt: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """One checkpoint, or the members of an ensemble, as a list of paths."""
+    return [Path(ckpt)] if isinstance(ckpt, (str, os.PathLike)) else [Path(p) for p in ckpt]
 
 
 def load_ensemble(paths: Sequence[str | os.PathLike], device: str | torch.device = "cpu"

@@ -201,8 +201,8 @@ def test_refuses_teacher_with_another_time_reduction(cache, teacher, tmp_path, c
             t = next(iter(inputs.values())).shape[1] // 2
             return ModelOutput({"main": torch.zeros(1, t, 6) + self.w}, lengths // 2, {})
 
-    real = dt.load_model
-    monkeypatch.setattr(dt, "load_model", lambda path, device="cpu": (HalfRate(), real(path)[1]))
+    real = dt.load_ensemble
+    monkeypatch.setattr(dt, "load_ensemble", lambda paths, device="cpu": (HalfRate(), real(paths)[1]))
     recipe = tiny_recipe("signkd_landmark", tmp_path, cache)
     _one_line_error(capsys, ["--recipe", str(recipe), "--teacher", str(teacher), "--out", str(tmp_path / "o")],
                     "time reduction mismatch", "32 frames into 16 steps but the student into 8")
