@@ -16,7 +16,7 @@ SPLIT ?= dev
 OUT ?= exp
 STUDENT ?= exp/demo/student/best.pt
 
-.PHONY: setup features teacher student eval export tables demo test bench bench-scale clean-cache
+.PHONY: setup features teacher student eval export tflite tflite-env tables demo test bench bench-scale clean-cache
 
 # The venv is rebuilt only when pyproject.toml changes, so `make setup` is quick when done.
 $(VENV)/.installed: pyproject.toml
@@ -45,6 +45,21 @@ eval: setup
 
 export: setup
 	$(PY) -m evaluate.export --ckpt $(CKPT) --out $(basename $(CKPT)).onnx --int8
+
+# TFLite (LiteRT) needs its own environment: the converters cannot share the pinned torch/onnx
+# (litert-torch caps torch below 2.14; onnx2tf needs TensorFlow). About 2.6 GB, built once.
+TFLITE_VENV ?= .venv-tflite
+$(TFLITE_VENV)/.installed:
+	$(PYTHON) -m venv $(TFLITE_VENV)
+	$(TFLITE_VENV)/bin/pip install -q --upgrade pip
+	$(TFLITE_VENV)/bin/pip install -q onnx2tf==1.29.24 tensorflow==2.19.0 tf_keras==2.19.0 ai-edge-litert==2.1.0 \
+		onnx==1.19.1 onnxruntime==1.23.0 onnxsim==0.4.36 onnx_graphsurgeon==0.5.8 sng4onnx==2.0.1 psutil numpy==1.26.4
+	@touch $@
+
+tflite-env: $(TFLITE_VENV)/.installed
+
+tflite: setup tflite-env
+	TFLITE_PYTHON=$(TFLITE_VENV)/bin/python $(PY) -m evaluate.export --ckpt $(CKPT) --out $(basename $(CKPT)).onnx --int8 --tflite
 
 tables: setup
 	$(PY) -m evaluate.tables all --cache $(CACHE)

@@ -541,7 +541,8 @@ def _run_results(ckpt_path: Path) -> dict[str, Any] | None:
 
 
 def model_card(ckpt_path: str | os.PathLike, loaded: "LoadedModel", files: Mapping[str, Path],
-               latency: Mapping[str, Mapping[str, float]], int8: Mapping[str, Any] | None) -> dict[str, Any]:
+               latency: Mapping[str, Mapping[str, float]], int8: Mapping[str, Any] | None,
+               tflite: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What a deployer needs to know about an exported model, as one JSON-able dict."""
     from models.checkpoint import load_checkpoint
 
@@ -574,6 +575,8 @@ def model_card(ckpt_path: str | os.PathLike, loaded: "LoadedModel", files: Mappi
         "files": {name: {"path": str(p), "bytes": p.stat().st_size} for name, p in files.items()},
         "latency": dict(latency),
         "int8_vs_fp32": dict(int8) if int8 else None,
+        "tflite_vs_onnx_fp32": {k: ({kk: vv for kk, vv in v.items() if kk != "path"} if isinstance(v, dict) else v)
+                                for k, v in tflite.items()} if tflite else None,
         "machine": machine_info(),
         "exported_by": f"signdistill {_project_version()}",
     }
@@ -603,6 +606,13 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         q = card["int8_vs_fp32"]
         lines += ["", "## int8 vs fp32", "", f"On {q['inputs']}: max |logit diff| {q['max_abs_diff']:.3f}, frame argmax "
                   f"agreement {q['frame_agreement']:.1%}, greedy sequence agreement {q['sequence_agreement']:.0%}."]
+    if card.get("tflite_vs_onnx_fp32"):
+        t = card["tflite_vs_onnx_fp32"]
+        lines += ["", "## TFLite (LiteRT) vs ONNX fp32", "", f"On {t['inputs']}:", "",
+                  "| model | max abs logit diff | frame argmax agreement | greedy sequence agreement |",
+                  "|---|---|---|---|"]
+        lines += [f"| {k} | {t[k]['max_abs_diff']:.2e} | {t[k]['frame_agreement']:.1%} | {t[k]['sequence_agreement']:.0%} |"
+                  for k in ("float32", "int8")]
     res = card["results"]
     lines += ["", "## WER", ""]
     if res:
@@ -633,6 +643,55 @@ def int8_path_for(onnx_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".int8" + (p.suffix or ".onnx"))
 
 
+TFLITE_ENV = Path(__file__).resolve().parents[1] / ".venv-tflite"  # built by `make tflite-env`
+
+
+def tflite_python() -> Path:
+    """The interpreter of the isolated TFLite converter environment (``TFLITE_PYTHON`` overrides)."""
+    py = Path(os.environ.get("TFLITE_PYTHON") or TFLITE_ENV / "bin" / "python")
+    if not py.is_file():
+        raise FileNotFoundError(f"{py}: no TFLite converter environment; build it with `make tflite-env` "
+                                "(onnx2tf + TensorFlow + LiteRT, about 2.6 GB) or set TFLITE_PYTHON")
+    return py
+
+
+def window_inputs(inputs: Mapping[str, Tensor], lengths: Tensor, frames: int) -> dict[str, np.ndarray]:
+    """A padded batch cut or zero-padded to exactly ``frames`` (the static TFLite window); lengths clipped."""
+    out = {}
+    for name, v in inputs.items():
+        a = v.numpy()[:, :frames]
+        if a.shape[1] < frames:
+            pad = np.zeros((a.shape[0], frames - a.shape[1], *a.shape[2:]), dtype=a.dtype)  # mask False there
+            a = np.concatenate([a, pad], axis=1)
+        out[name] = a
+    out["lengths"] = np.minimum(lengths.numpy(), frames).astype(np.int64)
+    return out
+
+
+def export_tflite(onnx_path: Path, loaded: "LoadedModel", inputs: Mapping[str, Tensor], lengths: Tensor,
+                  frames: int = 128, repeats: int = 20) -> dict[str, Any]:
+    """Convert the exported landmark model to float32 and int8 ``.tflite`` beside it and check them against
+    onnxruntime on ``inputs`` (see ``evaluate.tflite``, run in its own environment); returns its report."""
+    import subprocess
+
+    if set(loaded.input_names) != {"keypoints", "keypoints_mask"}:
+        raise ValueError(f"TFLite export is for landmark models (keypoints, keypoints_mask); this one takes "
+                         f"{', '.join(loaded.input_names)}")
+    py = tflite_python()
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="tflite-inputs-") as tmp:
+        npz = Path(tmp) / "inputs.npz"
+        np.savez(npz, **window_inputs(inputs, lengths, frames))
+        env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        proc = subprocess.run([str(py), "-m", "evaluate.tflite", "--onnx", str(onnx_path), "--frames", str(frames),
+                               "--inputs", str(npz), "--repeats", str(repeats)],
+                              cwd=root, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise ValueError(f"{onnx_path}: TFLite conversion failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def _checkpoint_cache(ckpt_path: str | os.PathLike) -> str | None:
     """The cache root the checkpoint was trained from, as its training config recorded it."""
     from models.checkpoint import load_checkpoint
@@ -660,6 +719,9 @@ def main(argv: list[str] | None = None) -> int:
                                          "(default: the one the checkpoint was trained from, if present)")
     parser.add_argument("--compare-split", default="dev", help="cached split int8 is compared on (default dev)")
     parser.add_argument("--compare-utts", type=int, default=16, help="utterances int8 is compared on")
+    parser.add_argument("--tflite", action="store_true",
+                        help="also write float32 and int8 .tflite (landmark models; needs `make tflite-env`)")
+    parser.add_argument("--tflite-frames", type=int, default=128, help="static window of the TFLite graphs")
     parser.add_argument("--no-card", action="store_true", help="skip the model card (and its latency runs)")
     parser.add_argument("--latency-repeats", type=int, default=20, help="timed runs per model for the card")
     args = parser.parse_args(argv)
@@ -696,10 +758,32 @@ def main(argv: list[str] | None = None) -> int:
                   f"frame argmax agreement {int8_stats['frame_agreement']:.1%}, "
                   f"greedy sequence agreement {int8_stats['sequence_agreement']:.0%}")
             files["int8"] = q
+        tflite = None
+        if args.tflite:
+            cache = args.cache or _checkpoint_cache(args.ckpt)
+            if cache and Path(cache).is_dir():
+                inputs, lengths, where = cached_inputs(args.ckpt, cache, args.compare_split, args.compare_utts)
+            else:
+                lengths = torch.tensor([args.tflite_frames] * 2)
+                inputs = example_inputs(loaded.input_names, loaded.spec, lengths.tolist(), seed=2)
+                where = "random inputs (no cache found: pass --cache for real ones)"
+            tflite = {**export_tflite(out, loaded, inputs, lengths, args.tflite_frames, args.latency_repeats),
+                      "inputs": f"{where}, cut to {args.tflite_frames}-frame windows"}
+            for kind in ("float32", "int8"):
+                r = tflite[kind]
+                files[f"tflite {kind}"] = Path(r["path"])
+                print(f"wrote {r['path']} ({r['bytes'] / 1e6:.2f} MB); LiteRT vs onnxruntime fp32 on {tflite['inputs']}: "
+                      f"max |logit diff| {r['max_abs_diff']:.2e}, frame argmax agreement {r['frame_agreement']:.1%}, "
+                      f"greedy sequence agreement {r['sequence_agreement']:.0%}; {r['median_ms']:.2f} ms per "
+                      f"{tflite['frames']}-frame window (1 thread)")
         if not args.no_card:
             latency = {name: measure_latency(f, loaded.input_names, loaded.spec, repeats=args.latency_repeats)
-                       for name, f in files.items()}
-            js, md = write_model_card(out, model_card(args.ckpt, loaded, files, latency, int8_stats))
+                       for name, f in files.items() if f.suffix == ".onnx"}
+            for kind in ("float32", "int8") if tflite else ():
+                latency[f"tflite {kind}"] = {"frames": tflite["frames"], "threads": 1, "repeats": args.latency_repeats,
+                                             "median_ms": tflite[kind]["median_ms"],
+                                             "p90_ms": tflite[kind].get("p90_ms", tflite[kind]["median_ms"])}
+            js, md = write_model_card(out, model_card(args.ckpt, loaded, files, latency, int8_stats, tflite))
             print(f"model card: {md} (+ {js.name}); latency " + ", ".join(
                 f"{n} {v['median_ms']:.2f} ms" for n, v in latency.items()) + f" per {latency['fp32']['frames']}-frame clip")
     except (ValueError, FileNotFoundError) as e:
