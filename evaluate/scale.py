@@ -389,15 +389,16 @@ def markdown(report: dict[str, Any]) -> str:
     where = m.get("gpu") or f"CPU {m.get('cpu') or m['processor']}, {m['cpu_count']} cores, {m['threads']} torch threads"
     lines = [f"Device: {report['device']} ({where}); sample of {c['clips']} clips, {c['frames']} frames "
              f"(PHOENIX14 train: {ph['clips']} clips, {ph['frames']:,} frames, mean {ph['mean_frames']:.1f})", "",
-             "| model | params | batch | steps | clips/s | frames/s | peak memory | PHOENIX14 epoch |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | params | batch | steps | clips/s | frames/s | frames per CPU-s | peak memory | PHOENIX14 epoch |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["training"]:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['parameters'] / 1e6:.1f} M | {r['batch_size']} | - | {r['error']} | | | |")
+            lines.append(f"| {r['model']} | {r['parameters'] / 1e6:.1f} M | {r['batch_size']} | - | {r['error']} | | | | |")
             continue
         mem = f"{_gb(r['peak_bytes'])} ({'GPU' if r['memory'].startswith('cuda') else 'RSS +'})"
         lines.append(f"| {r['model']} | {r['parameters'] / 1e6:.1f} M | {r['batch_size']} | {r['steps']} | "
-                     f"{r['clips_per_s']:.3f} | {r['frames_per_s']:.1f} | {mem} | {_h(r.get('epoch_s'))} |")
+                     f"{r['clips_per_s']:.3f} | {r['frames_per_s']:.1f} | {r['frames'] / max(r['cpu_seconds'], 1e-9):.1f} | "
+                     f"{mem} | {_h(r.get('epoch_s'))} |")
     ld = report["loader"]
     lines += ["", f"Loader alone ({ld['workers']} workers, batch {ld['batch_size']}, fusion streams, crop + flip + "
               f"time scaling): {ld['clips_per_s']:.2f} clips/s, {ld['frames_per_s']:.0f} frames/s",

@@ -207,7 +207,8 @@ def time_training(model: Any, batches: Iterable[Sequence[Any]], tc: Any, device:
 
     Returns:
         ``clips``, ``frames`` (real, unpadded), ``seconds``, ``clips_per_s``, ``frames_per_s``,
-        ``steps``, ``peak_bytes`` and ``memory`` (what the peak is: :class:`PeakMemory`), ``amp``
+        ``cpu_seconds`` (this process's CPU time: on a shared CPU, with one thread, the load-proof
+        measure of the work), ``steps``, ``peak_bytes`` and ``memory`` (what the peak is: :class:`PeakMemory`), ``amp``
         (the autocast dtype or None). The model is left in train mode; its weights change.
     """
     import torch
@@ -232,13 +233,13 @@ def time_training(model: Any, batches: Iterable[Sequence[Any]], tc: Any, device:
             torch.cuda.synchronize(device)
 
     clips = frames = steps = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with PeakMemory(device) as mem:
         for i, batch in enumerate(batches):
             if i == warmup:
                 sync()
                 clips = frames = steps = 0
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
             inputs, lengths, targets, target_lengths = batch[:4]
             inputs = to_device(inputs, device)
             with oom_guard(lengths, tc):
@@ -256,11 +257,12 @@ def time_training(model: Any, batches: Iterable[Sequence[Any]], tc: Any, device:
             frames += int(lengths.sum())
             steps += 1
         sync()
-        seconds = time.perf_counter() - t0
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     if steps == 0:
         raise ValueError(f"no timed steps: {warmup} warm-up batch(es) used every batch given; pass more batches")
     return {"clips": clips, "frames": frames, "steps": steps, "seconds": seconds, "clips_per_s": clips / seconds,
-            "frames_per_s": frames / seconds, "peak_bytes": mem.peak_bytes, "memory": mem.kind,
+            "frames_per_s": frames / seconds, "cpu_seconds": cpu_seconds, "peak_bytes": mem.peak_bytes,
+            "memory": mem.kind,
             "amp": None if amp is None else str(amp).removeprefix("torch.")}
 
 

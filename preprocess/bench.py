@@ -271,9 +271,16 @@ def raft_rates(clips: list[np.ndarray], pairs: int, device: str = "auto", size: 
         _, s = _timed(est, frames)
         out[m] = {"size": size, "pairs": len(frames) - 1, "seconds": round(s, 3),
                   "pairs_per_s": round((len(frames) - 1) / s, 3),
-                  "device": str(est.device) if cfg.is_raft else "cpu (1 thread)",
+                  "device": (f"{est.device} ({_torch_threads()} threads)" if est.device.type == "cpu" else
+                             str(est.device)) if cfg.is_raft else "cpu (1 thread)",
                   "weights": "random (speed only)" if cfg.is_raft else None}
     return out
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def read_frame_total(path: Path) -> int | None:
@@ -318,14 +325,16 @@ def markdown_scale(res: dict[str, Any], workers_not_measured: list[int]) -> str:
     frames = res["phoenix14_frames"]
     total = sum(frames.values())
     cols = " + ".join(f"{k} {v:,}" for k, v in frames.items())
-    lines += ["", f"| extraction (RGB 256, DIS 112, MediaPipe), {res['videos']} real clips | frames/s | "
-              f"PHOENIX14 train ({frames.get('train', 0):,} frames) | all splits ({cols}) |", "|---|---:|---:|---:|"]
+    lines += ["", f"| extraction (RGB 256, DIS 112, MediaPipe), {res['videos']} real clips | frames/s (whole "
+              f"driver) | MediaPipe stage frames/s per worker | PHOENIX14 train ({frames.get('train', 0):,} frames) | "
+              f"all splits ({cols}) |", "|---|---:|---:|---:|---:|"]
     for w, r in res["driver"].items():
         fps = r["fps"]
         hours = (lambda n: f"{n / fps / 3600:.1f} h") if fps else (lambda n: "-")
-        lines.append(f"| --workers {w} | {_fmt(fps)} | {hours(frames.get('train', 0))} | {hours(total)} |")
+        lines.append(f"| --workers {w} | {_fmt(fps)} | {_fmt(r['stage_fps'].get('landmarks'))} | "
+                     f"{hours(frames.get('train', 0))} | {hours(total)} |")
     for w in workers_not_measured:
-        lines.append(f"| --workers {w} | not measured ({os.cpu_count()} cores here) | | |")
+        lines.append(f"| --workers {w} | not measured ({os.cpu_count()} cores here) | | | |")
     return "\n".join(lines)
 
 

@@ -265,3 +265,19 @@ def test_persistent_workers_see_the_epoch(cache):
     ds.set_epoch(1)
     in_process = collate_uint8([ds[i] for i in next(iter(sampler))])[0]["rgb"]
     assert torch.equal(seen[1], in_process) and not torch.equal(seen[0], seen[1])
+
+
+def test_bench_scale_bad_input_and_frame_totals(tmp_path, capsys):
+    from preprocess import bench
+
+    csv = _num_frames_csv(tmp_path / "train.num_frames.csv", [10, 20, 30])
+    _num_frames_csv(tmp_path / "dev.num_frames.csv", [5])
+    assert bench.read_frame_total(csv) == 60 and bench.read_frame_total(tmp_path / "none.csv") is None
+    assert bench.main(["--scale", "--num-frames-csv", str(tmp_path / "none.csv"), "--flow-device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "none.csv" in err and "\n" not in err
+    assert bench.main(["--scale", "--num-frames-csv", str(csv), "--workers-list", "0", "--flow-device", "cpu"]) == 2
+    assert "--workers-list" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert bench.main(["--scale", "--num-frames-csv", str(csv), "--flow-device", "cuda"]) == 2
+        assert "--flow-device cuda: no CUDA GPU" in capsys.readouterr().err
