@@ -29,7 +29,8 @@ from preprocess.folds import GROUP_BY, FoldView, make_fold_view
 from preprocess.manifest import atomic_write_text
 
 log = logging.getLogger("evaluate.cv")
-MODELS = ("teacher", "student", "twin")
+MODELS = ("teacher", "student", "twin")  # what --models runs; "ensemble" is reported with --ensemble-teacher
+REPORTED = ("teacher", "ensemble", "student", "twin")
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def run_teacher(config: str, view: FoldView, seed: int, out: Path, cache: str, e
 
 
 def run_student(recipe_name: str, view: FoldView, seed: int, out: Path, cache: str, epochs: int | None,
-                teacher: Path | None, kd: bool, device: str) -> dict[str, Any]:
+                teacher: Sequence[Path] | None, kd: bool, device: str) -> dict[str, Any]:
     """Distil (kd) or train the CTC-only twin on the fold; held-out WER from its results.json."""
     from distill.recipes import load_recipe
     from distill.train import run_recipe
@@ -77,7 +78,8 @@ def run_student(recipe_name: str, view: FoldView, seed: int, out: Path, cache: s
         recipe = load_recipe(recipe_name, cache=cache, epochs=epochs)
         recipe = replace(recipe, data=replace(recipe.data, dataset=view.name, dev_split="dev"),
                          train=replace(recipe.train, seed=seed))
-        run_recipe(recipe, out, teacher=str(teacher) if teacher else None, kd=kd, resume=True, device=device)
+        run_recipe(recipe, out, teacher=[str(p) for p in teacher] if teacher else None, kd=kd, resume=True,
+                   device=device)
     results = json.loads(done.read_text(encoding="utf-8"))
     return _score_dict(results["splits"]["test"])
 
@@ -90,7 +92,7 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
 
 def summarise(runs: Sequence[RunResult]) -> dict[str, Any]:
     """Per model: pooled WER per seed, mean ± sd over seeds and over runs; paired differences."""
-    models = [m for m in MODELS if any(r.model == m for r in runs)]
+    models = [m for m in REPORTED if any(r.model == m for r in runs)]
     seeds = sorted({r.seed for r in runs})
     out: dict[str, Any] = {"models": {}, "pairs": {}}
     for m in models:
@@ -104,10 +106,13 @@ def summarise(runs: Sequence[RunResult]) -> dict[str, Any]:
         fm, fsd = mean_sd([r.wer for r in mine])
         out["models"][m] = {"pooled_by_seed": pooled, "mean": pm, "sd": psd, "runs": len(mine),
                             "fold_mean": fm, "fold_sd": fsd}
-    for a, b in (("student", "twin"), ("teacher", "twin"), ("student", "teacher")):
+    for a, b in (("student", "twin"), ("teacher", "twin"), ("ensemble", "twin"), ("student", "teacher")):
         if a in out["models"] and b in out["models"]:
             pa, pb = out["models"][a]["pooled_by_seed"], out["models"][b]["pooled_by_seed"]
-            diffs = [pa[s] - pb[s] for s in pa if s in pb]
+            if set(pa) == {-1}:  # one ensemble per fold against every seed of the other model
+                diffs = [pa[-1] - v for v in pb.values()]
+            else:
+                diffs = [pa[s] - pb[s] for s in pa if s in pb]
             if diffs:
                 dm, dsd = mean_sd(diffs)
                 sd = max(out["models"][a]["sd"], out["models"][b]["sd"], dsd)
@@ -133,59 +138,136 @@ def format_report(summary: dict[str, Any], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def own_splits(cache: str, dataset: str) -> FoldView:
+    """The dataset's own train/dev/test splits as one "fold" (multi-seed runs without CV)."""
+    from preprocess import cache as cache_lib
+    from preprocess.manifest import read_manifest
+
+    utts = read_manifest(cache_lib.dataset_dir(cache, dataset) / "manifest.jsonl")
+    ids = {s: tuple(u.id for u in utts if u.split == s) for s in ("train", "dev", "test")}
+    if not ids["test"]:
+        raise UserError(f"{dataset} has no test split to score; cross-validate it (--folds 5)")
+    seen = {g for u in utts if u.split == "train" for g in u.glosses}
+    test = [g for u in utts if u.split == "test" for g in u.glosses]
+    return FoldView(dataset, 0, ids["train"], ids["dev"], ids["test"], sum(g not in seen for g in test), len(test))
+
+
+def _best(run: Path) -> Path:
+    return run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
+
+
 def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None, cache: str = "cache",
                    out: str | Path = "exp/cv", folds: int = 5, seeds: Sequence[int] = (0, 1, 2),
                    group_by: str = "none", dev_frac: float = 0.0, epochs: int | None = None,
                    models: Sequence[str] = MODELS, beam: int = 10, device: str = "cpu",
-                   fold_seed: int = 0) -> dict[str, Any]:
-    """Run every (fold, seed, model) not yet finished; write and return the report."""
+                   fold_seed: int = 0, ensemble_teacher: bool = False, only_folds: Sequence[int] | None = None,
+                   teacher_ckpt: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run every (fold, seed, model) not yet finished; write and return the report.
+
+    ``folds=1`` runs the dataset's own splits (trained on train, best.pt on dev, scored on test)
+    for every seed. ``ensemble_teacher``: every student of a fold distils from the ensemble of
+    that fold's teachers over all seeds (reported as the model "ensemble"). ``teacher_ckpt``: a
+    fixed, already trained teacher (one checkpoint, or several: their ensemble) instead of
+    training one. ``only_folds`` runs a subset (e.g. one process per core); the report covers
+    the runs finished so far.
+    """
     bad = sorted(set(models) - set(MODELS))
     if bad:
         raise UserError(f"--models {bad} unknown; choose from {list(MODELS)}")
-    if ("teacher" in models or "student" in models) and not teacher_config:
-        raise UserError("the teacher and the distilled student need --teacher-config")
+    if "teacher" in models and not (teacher_config or teacher_ckpt):
+        raise UserError("the teacher and the distilled student need --teacher-config (or --teacher-ckpt)")
     if ("student" in models or "twin" in models) and not recipe:
         raise UserError("the student and its twin need --recipe")
+    if folds < 1:
+        raise UserError(f"--folds must be >= 1 (1: the dataset's own splits), got {folds}")
+    if teacher_ckpt and folds > 1:
+        raise UserError("--teacher-ckpt gives one teacher for every fold, which has seen the held-out folds; "
+                        "use --teacher-config with --folds > 1 (or --folds 1)")
     out = Path(out) / dataset
-    views = [make_fold_view(cache, dataset, f, folds, group_by, fold_seed, dev_frac) for f in range(folds)]
+    views = ([own_splits(cache, dataset)] if folds == 1 else
+             [make_fold_view(cache, dataset, f, folds, group_by, fold_seed, dev_frac) for f in range(folds)])
     runs: list[RunResult] = []
     for view in views:
-        if view.unseen_tokens:
+        run_this = only_folds is None or view.fold in only_folds
+        if view.unseen_tokens and run_this:
             log.info("fold %d: %d of %d held-out gloss tokens never occur in its training part (they count as errors)",
                      view.fold, view.unseen_tokens, view.test_tokens)
+        base = out / view.name
+        fold_runs: list[RunResult] = []
+
+        def record(model: str, seed: int, r: dict[str, Any] | None) -> None:
+            if r is not None:
+                fold_runs.append(RunResult(model, view.fold, seed, unseen_tokens=view.unseen_tokens, **r))
+
+        def done_or_run(path: Path, fn):  # a run of a fold this process does not own is only read
+            if run_this:
+                return fn()
+            if (path / "result.json").is_file():
+                return json.loads((path / "result.json").read_text(encoding="utf-8"))
+            if (path / "results.json").is_file():
+                return _score_dict(json.loads((path / "results.json").read_text(encoding="utf-8"))["splits"]["test"])
+            return None
+
+        teachers: dict[int, list[Path]] = {}
+        if teacher_ckpt:
+            teachers = {s: [Path(p) for p in teacher_ckpt] for s in seeds}
+        elif "teacher" in models or "student" in models:
+            for seed in seeds:
+                tdir = base / f"seed{seed}" / "teacher"
+                record("teacher", seed, done_or_run(tdir, lambda: run_teacher(
+                    teacher_config, view, seed, tdir, cache, epochs, beam, device)))
+                teachers[seed] = [_best(tdir)]
+            if ensemble_teacher:
+                members = [p for s in seeds for p in teachers[s]]
+                edir = base / "ensemble"
+                record("ensemble", -1, done_or_run(edir, lambda: _run_ensemble(members, view, edir, cache, beam)))
+                teachers = {s: members for s in seeds}
         for seed in seeds:
-            base = out / view.name / f"seed{seed}"
-            teacher_ckpt = None
-            if "teacher" in models or "student" in models:
-                r = run_teacher(teacher_config, view, seed, base / "teacher", cache, epochs, beam, device)
-                runs.append(RunResult("teacher", view.fold, seed, unseen_tokens=view.unseen_tokens, **r))
-                teacher_ckpt = base / "teacher" / "best.pt"
-                if not teacher_ckpt.is_file():
-                    teacher_ckpt = base / "teacher" / "last.pt"
+            sdir = base / f"seed{seed}"
             twin = None
             if "twin" in models:
-                twin = run_student(recipe, view, seed, base / "twin", cache, epochs, None, False, device)
-                runs.append(RunResult("twin", view.fold, seed, unseen_tokens=view.unseen_tokens, **twin))
+                twin = done_or_run(sdir / "twin", lambda: run_student(
+                    recipe, view, seed, sdir / "twin", cache, epochs, None, False, device))
+                record("twin", seed, twin)
             if "student" in models:
-                if twin is not None and runs[-2].model == "teacher" and runs[-2].wer > twin["wer"]:
-                    log.warning("fold %d seed %d: the teacher (%.1f%% WER) is worse than the student's CTC twin "
-                                "(%.1f%%); distillation may make the student worse", view.fold, seed,
-                                runs[-2].wer, twin["wer"])
-                r = run_student(recipe, view, seed, base / "student", cache, epochs, teacher_ckpt, True, device)
-                runs.append(RunResult("student", view.fold, seed, unseen_tokens=view.unseen_tokens, **r))
+                if run_this and twin is not None:
+                    best_teacher = min((r.wer for r in fold_runs if r.model in ("teacher", "ensemble")), default=None)
+                    if best_teacher is not None and best_teacher > twin["wer"]:
+                        log.warning("fold %d seed %d: the teacher (%.1f%% WER) is worse than the student's CTC twin "
+                                    "(%.1f%%); distillation may make the student worse", view.fold, seed,
+                                    best_teacher, twin["wer"])
+                record("student", seed, done_or_run(sdir / "student", lambda: run_student(
+                    recipe, view, seed, sdir / "student", cache, epochs, teachers.get(seed), True, device)))
+        runs += fold_runs
     summary = summarise(runs)
     unseen = sum(v.unseen_tokens for v in views)
     total = sum(v.test_tokens for v in views)
-    header = (f"## {dataset}: {folds}-fold cross-validation (grouped by {group_by}), seeds {list(seeds)}\n\n"
-              f"teacher `{teacher_config}`, recipe `{recipe}`; {unseen} of {total} held-out gloss tokens "
-              f"({100.0 * unseen / max(total, 1):.1f}%) never occur in their fold's training part.")
+    what = "its own train/dev/test splits" if folds == 1 else f"{folds}-fold cross-validation (grouped by {group_by})"
+    header = (f"## {dataset}: {what}, seeds {list(seeds)}\n\n"
+              f"teacher `{teacher_config or ','.join(teacher_ckpt or [])}`"
+              f"{' (students distil from the ensemble of the fold teachers)' if ensemble_teacher else ''}, "
+              f"recipe `{recipe}`; {unseen} of {total} held-out gloss tokens "
+              f"({100.0 * unseen / max(total, 1):.1f}%) never occur in their training part.")
     report = {"dataset": dataset, "folds": folds, "group_by": group_by, "seeds": list(seeds), "dev_frac": dev_frac,
-              "teacher_config": teacher_config, "recipe": recipe, "epochs": epochs,
+              "teacher_config": teacher_config, "teacher_ckpt": list(teacher_ckpt or []), "recipe": recipe,
+              "epochs": epochs, "ensemble_teacher": ensemble_teacher,
               "unseen_tokens": unseen, "test_tokens": total, "summary": summary,
               "runs": [asdict(r) for r in runs]}
     atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
     atomic_write_text(out / "report.md", format_report(summary, header))
     return report
+
+
+def _run_ensemble(members: Sequence[Path], view: FoldView, out: Path, cache: str, beam: int) -> dict[str, Any]:
+    """Held-out WER of the ensemble of ``members`` (cached in result.json)."""
+    from evaluate.eval import evaluate
+
+    done = out / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text(encoding="utf-8"))
+    result = _score_dict(evaluate([str(p) for p in members], cache, view.name, "test", beam=beam, out=out / "eval"))
+    atomic_write_text(done, json.dumps(result) + "\n")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", help="distillation recipe name or YAML (its data.dataset is replaced by each fold)")
     p.add_argument("--cache", default="cache", help="cache root")
     p.add_argument("--out", default="exp/cv", help="output root; runs go to <out>/<dataset>/<fold>/seed<N>/")
-    p.add_argument("--folds", type=int, default=5, help="number of folds")
+    p.add_argument("--folds", type=int, default=5, help="number of folds (1: the dataset's own train/dev/test splits)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds per fold")
     p.add_argument("--group-by", choices=GROUP_BY, default="none",
                    help="what never straddles two folds: nothing (each utterance alone), the same gloss sentence, or a signer")
@@ -206,12 +288,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="which models to run")
     p.add_argument("--beam", type=int, default=10, help="beam of the teacher's held-out decoding")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="training device")
+    p.add_argument("--ensemble-teacher", action="store_true",
+                   help="students distil from the ensemble of their fold's teachers over all seeds")
+    p.add_argument("--teacher-ckpt", nargs="+", help="an already trained teacher (several: their ensemble) "
+                   "instead of --teacher-config; with --folds 1")
+    p.add_argument("--only-folds", type=int, nargs="+", help="run only these folds (e.g. one process per core)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         report = cross_validate(args.dataset, args.teacher_config, args.recipe, args.cache, args.out, args.folds,
                                 args.seeds, args.group_by, args.dev_frac, args.epochs, args.models, args.beam,
-                                args.device, args.fold_seed)
+                                args.device, args.fold_seed, args.ensemble_teacher, args.only_folds,
+                                args.teacher_ckpt)
     except UserError as e:
         return print_user_error(e)
     out = Path(args.out) / args.dataset
