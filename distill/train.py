@@ -105,6 +105,26 @@ def check_time_reduction(teacher: nn.Module, teacher_spec: InputSpec, teacher_st
             f"distil from a teacher with the student's reduction (models.base.TIME_REDUCTION = {TIME_REDUCTION})")
 
 
+def warn_if_teacher_weaker(teachers: Sequence[Path], out_dir: Path) -> str | None:
+    """One warning line when the teacher's dev WER is worse than the student's CTC-only twin's.
+
+    The teacher's figure is the best dev WER in its ``metrics.jsonl`` (the best member's, for an
+    ensemble); the twin's is ``<out>_ctc/results.json`` as ``--no-kd`` writes it. Distilling from a
+    weaker teacher usually makes the student worse, which should never happen silently.
+    """
+    dev = [r["dev_wer"] for t in teachers for r in read_metrics(t.parent / "metrics.jsonl") if "dev_wer" in r]
+    twin = out_dir.parent / f"{out_dir.name}_ctc" / "results.json"
+    if not dev or not twin.is_file():
+        return None
+    twin_wer = json.loads(twin.read_text(encoding="utf-8")).get("splits", {}).get("dev", {}).get("wer")
+    if twin_wer is None or min(dev) <= twin_wer:
+        return None
+    msg = (f"the teacher's dev WER ({min(dev):.2f}%) is worse than the CTC-only twin's ({twin_wer:.2f}%, {twin}): "
+           "distillation will likely make the student worse; train a stronger teacher (or an ensemble: --teacher a b c)")
+    log.warning("%s", msg)
+    return msg
+
+
 # ---------------------------------------------------------------------------------- losses
 
 
@@ -362,6 +382,7 @@ def run_recipe(recipe: Recipe, out_dir: str | os.PathLike, teacher: str | Sequen
         check_time_reduction(tmodel, InputSpec(**tckpt["input_spec"]), checkpoint_streams(tckpt), probe_student,
                              spec, streams, tname)
         teacher_info = {"path": tname, "fingerprint": teacher_fingerprint(tckpt)}
+        warn_if_teacher_weaker(checkpoint_paths(tpath), out_dir)
         del tmodel
         t0 = time.time()
         tcache = prepare_teacher_cache(tpath, dc.cache, dc.dataset, dc.train_split, out_dir / "teacher_outputs" / dc.train_split,

@@ -63,3 +63,18 @@ def test_distillation_from_an_ensemble_of_checkpoints(cache, members, tmp_path):
     assert index["teacher_fingerprint"] == teacher_fingerprint(ckpt)
     single = prepare_teacher_cache(members[0], cache, DATASET, "train", tmp_path / "single", ("frame", "temporal"))
     assert index["features"]["temporal"]["dim"] == 3 * single.dims["temporal"]  # members side by side
+
+
+def test_distill_warns_when_the_teacher_is_weaker_than_the_twin(tmp_path):
+    teacher = tmp_path / "teacher" / "best.pt"
+    teacher.parent.mkdir()
+    (teacher.parent / "metrics.jsonl").write_text('{"epoch": 1, "dev_wer": 40.0}\n{"epoch": 2, "dev_wer": 35.5}\n')
+    out = tmp_path / "students" / "rec"
+    assert dt.warn_if_teacher_weaker([teacher], out) is None  # no twin yet: nothing to compare
+    twin = tmp_path / "students" / "rec_ctc" / "results.json"
+    twin.parent.mkdir(parents=True)
+    twin.write_text(json.dumps({"splits": {"dev": {"wer": 30.0}}}))
+    msg = dt.warn_if_teacher_weaker([teacher], out)
+    assert msg and "35.50%" in msg and "30.00%" in msg and "worse than the CTC-only twin" in msg
+    twin.write_text(json.dumps({"splits": {"dev": {"wer": 36.0}}}))
+    assert dt.warn_if_teacher_weaker([teacher], out) is None  # a stronger teacher: silent
