@@ -596,7 +596,8 @@ def card_markdown(card: Mapping[str, Any]) -> str:
              f"- recipe: {json.dumps(card['recipe'], default=str)}", "", "## Files", "",
              "| file | size |", "|---|---|"]
     lines += [f"| {n}: `{Path(f['path']).name}` | {f['bytes'] / 1e6:.2f} MB |" for n, f in card["files"].items()]
-    lines += ["", "## Latency (onnxruntime, batch 1)", "", "| model | frames | threads | median ms | p90 ms |",
+    lines += ["", "## Latency (batch 1; onnxruntime for .onnx, LiteRT for .tflite)", "",
+              "| model | frames | threads | median ms | p90 ms |",
               "|---|---|---|---|---|"]
     lines += [f"| {n} | {v['frames']} | {v['threads']} | {v['median_ms']:.2f} | {v['p90_ms']:.2f} |"
               for n, v in card["latency"].items()]

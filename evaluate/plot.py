@@ -214,7 +214,7 @@ def plot_utterance(log_probs: np.ndarray, vocab: Sequence[str], hyp_ids: Sequenc
                     xytext=(0, 4), ha="center", fontsize=8, weight="bold")
     ax.set_ylim(0, 1.12)
     ax.set_ylabel("posterior")
-    ax.legend(fontsize=7, ncol=4, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a spike
     ax.set_title(title or "frame posteriors")
 
     ax_txt.set_ylim(0, 3)
@@ -328,7 +328,7 @@ def plot_distill(teacher_lp: np.ndarray, student_lp: np.ndarray, vocab: Sequence
     ax.set_xlabel("output step")
     ax.set_ylabel("posterior")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7, ncol=3, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return _save(fig, out, svg)
 
