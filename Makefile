@@ -16,7 +16,7 @@ SPLIT ?= dev
 OUT ?= exp
 STUDENT ?= exp/demo/student/best.pt
 
-.PHONY: setup features teacher student eval export tflite tflite-env tables demo test bench bench-scale clean-cache
+.PHONY: setup features teacher student eval export tflite tflite-env tables cv demo test bench bench-scale clean-cache
 
 # The venv is rebuilt only when pyproject.toml changes, so `make setup` is quick when done.
 $(VENV)/.installed: pyproject.toml
@@ -63,6 +63,15 @@ tflite: setup tflite-env
 
 tables: setup
 	$(PY) -m evaluate.tables all --cache $(CACHE)
+
+# k-fold cross-validation (corpora without a dev split): teacher, distilled student, CTC twin over seeds.
+# make cv DATASET=boston104 (after make features DATASET=boston104); report in $(OUT)/cv/<dataset>/report.md
+CV_TEACHER ?= configs/teachers/keypoints_small.yaml
+CV_RECIPE ?= keypoints_small
+CV_ARGS ?= --folds 5 --seeds 0 1 2 --ensemble-teacher
+cv: setup
+	$(PY) -m evaluate.cv --dataset $(DATASET) --teacher-config $(CV_TEACHER) --recipe $(CV_RECIPE) \
+		--cache $(CACHE) --out $(OUT)/cv $(CV_ARGS)
 
 demo: setup
 	$(PY) -m evaluate.demo --cache $(CACHE) --out $(OUT)/demo
