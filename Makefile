@@ -33,12 +33,15 @@ features: setup
 		--cache $(CACHE) --workers $(WORKERS) --shard $(SHARD)
 
 # Output: exp/teachers/<config name>/ (best.pt, last.pt, metrics.jsonl, train.log); re-running resumes.
+# DATASET given on the command line is the corpus every stage trains on (a YAML path: its file stem).
+DATASET_ARG = $(if $(filter command line environment,$(origin DATASET)),--dataset $(basename $(notdir $(DATASET))))
+
 teacher: setup
-	$(PY) -m models.train --config $(CONFIG) --cache $(CACHE) --resume
+	$(PY) -m models.train --config $(CONFIG) --cache $(CACHE) --resume $(DATASET_ARG)
 
 # Output: exp/students/<recipe>/ (results.json with dev/test WER); NO_KD=1 trains the CTC-only twin.
 student: setup
-	$(PY) -m distill.train --recipe $(RECIPE) --cache $(CACHE) $(if $(NO_KD),--no-kd)
+	$(PY) -m distill.train --recipe $(RECIPE) --cache $(CACHE) $(if $(NO_KD),--no-kd) $(DATASET_ARG)
 
 eval: setup
 	$(PY) -m evaluate.eval --ckpt $(CKPT) --cache $(CACHE) --split $(SPLIT)
@@ -70,7 +73,7 @@ CV_TEACHER ?= configs/teachers/keypoints_small.yaml
 CV_RECIPE ?= keypoints_small
 CV_ARGS ?= --folds 5 --seeds 0 1 2 --ensemble-teacher
 cv: setup
-	$(PY) -m evaluate.cv --dataset $(DATASET) --teacher-config $(CV_TEACHER) --recipe $(CV_RECIPE) \
+	$(PY) -m evaluate.cv --dataset $(basename $(notdir $(DATASET))) --teacher-config $(CV_TEACHER) --recipe $(CV_RECIPE) \
 		--cache $(CACHE) --out $(OUT)/cv $(CV_ARGS)
 
 demo: setup

@@ -493,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher", nargs="+", help="teacher checkpoint (default exp/teachers/<name>/best.pt, else "
                    "exp/kd_teachers/...); several checkpoints: their ensemble (mean posterior) teaches")
     p.add_argument("--cache", help="cache root (overrides data.cache)")
-    p.add_argument("--out", help="output folder (default exp/students/<recipe>, or <recipe>_ctc with --no-kd)")
+    p.add_argument("--dataset", help="dataset under the cache root (overrides data.dataset): one recipe, any corpus")
+    p.add_argument("--out", help="output folder (default exp/students/<recipe>[_<dataset>], + _ctc with --no-kd)")
     p.add_argument("--no-kd", action="store_true", help="train the same student with CTC alone (the ablation twin)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last.pt files")
     p.add_argument("--epochs", type=int, help="override the epochs (of every stage, when the recipe has stages)")
@@ -505,7 +506,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = str(resolve_device(args.device))
         recipe = load_recipe(args.recipe, cache=args.cache, epochs=args.epochs)
-        out = Path(args.out) if args.out else Path("exp") / "students" / (recipe.name + ("_ctc" if args.no_kd else ""))
+        name = recipe.name
+        if args.dataset and args.dataset != recipe.data.dataset:
+            recipe = replace(recipe, data=replace(recipe.data, dataset=args.dataset))
+            if recipe.teacher is not None:  # the teacher `models.train --dataset` trained on that corpus
+                recipe = replace(recipe, teacher=replace(recipe.teacher, name=f"{recipe.teacher.name}_{args.dataset}"))
+            name = f"{name}_{args.dataset}"
+        out = Path(args.out) if args.out else Path("exp") / "students" / (name + ("_ctc" if args.no_kd else ""))
         results = run_recipe(recipe, out, teacher=args.teacher, kd=not args.no_kd, resume=args.resume,
                              rebuild_teacher_cache=args.rebuild_teacher_cache, train_teacher=args.train_teacher,
                              device=device)

@@ -735,14 +735,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="training YAML (configs/teachers/*.yaml)")
     p.add_argument("--cache", help="cache root (overrides data.cache)")
-    p.add_argument("--out", help="output folder (default exp/teachers/<config name>)")
+    p.add_argument("--dataset", help="dataset under the cache root (overrides data.dataset): one config, any corpus")
+    p.add_argument("--out", help="output folder (default exp/teachers/<config name>, or <config name>_<dataset> "
+                   "with --dataset)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt when it exists")
     p.add_argument("--epochs", type=int, help="override train.epochs (e.g. to extend a finished run)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, cache=args.cache, epochs=args.epochs)
-        out = Path(args.out) if args.out else Path("exp") / "teachers" / Path(args.config).stem
+        name = Path(args.config).stem
+        if args.dataset and args.dataset != cfg.data.dataset:
+            cfg = replace(cfg, data=replace(cfg.data, dataset=args.dataset))
+            name = f"{name}_{args.dataset}"
+        out = Path(args.out) if args.out else Path("exp") / "teachers" / name
         train(cfg, out, resume=args.resume, device=args.device)
     except TrainingStopped:
         return 1  # already logged to stderr and train.log

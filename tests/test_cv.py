@@ -212,3 +212,23 @@ def test_cross_validation_end_to_end_at_toy_size(cache, tmp_path, capsys):
     assert cv.main(args) == 0  # a finished CV re-runs nothing and reports the same
     again = json.loads((tmp_path / "cv" / DATASET / "report.json").read_text())
     assert again["runs"] == report["runs"] and mtime <= (tmp_path / "cv" / DATASET / "report.json").stat().st_mtime_ns
+
+
+def test_dataset_flag_trains_one_config_on_another_corpus(cache, tmp_path, monkeypatch):
+    from distill import train as dt
+    from test_distill_train import tiny_recipe
+
+    view = make_fold_view(cache, DATASET, 0, 2)
+    cfg = _teacher_yaml(tmp_path / "t.yaml", cache, epochs=1)
+    monkeypatch.chdir(tmp_path)  # default outputs land under ./exp
+    assert train_mod.main(["--config", str(cfg), "--dataset", view.name, "--device", "cpu"]) == 0
+    run = tmp_path / "exp" / "teachers" / f"t_{view.name}"
+    assert load_checkpoint(run / "last.pt")["cache"]["dataset"] == view.name
+    recipe = tiny_recipe("signkd_landmark", tmp_path, cache)
+    raw = yaml.safe_load(recipe.read_text())
+    raw["teacher"].update(name="t", features=["temporal"])
+    raw["kd"]["features"] = {"temporal": 0.5}
+    recipe.write_text(yaml.safe_dump(raw))
+    assert dt.main(["--recipe", str(recipe), "--dataset", view.name, "--device", "cpu"]) == 0  # finds that teacher
+    results = json.loads((tmp_path / "exp" / "students" / f"signkd_landmark_{view.name}" / "results.json").read_text())
+    assert results["teacher"]["path"].endswith(f"t_{view.name}/best.pt") and "test" in results["splits"]
