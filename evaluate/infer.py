@@ -473,6 +473,7 @@ class StreamStats:
     model_s: float = 0.0  # seconds in the model (+ greedy decoding)
     wall_s: float = 0.0  # seconds from the first frame request to the end
     startup_s: float = 0.0  # seconds until the first frame's landmarks (camera open + MediaPipe graph build)
+    hand_frames: int = 0  # frames on which either hand was found (543-point layouts)
 
     @property
     def fps(self) -> float:
@@ -665,6 +666,8 @@ def stream_glosses(frames: Iterable[Any], extractor: FrameExtractor | Sequence[F
     try:
         for kp, mask in landmarks:
             stats.frames += 1
+            if len(mask) == RIGHT_HAND[1] and mask[LEFT_HAND[0]:].any():
+                stats.hand_frames += 1
             if stats.frames == 1:
                 stats.startup_s = time.perf_counter() - t_start
             update = stream.push(kp, mask)
@@ -782,6 +785,9 @@ def main(argv: list[str] | None = None) -> int:
             updates.close()  # joins the landmark threads before their graphs are closed
             graphs.close()
         print("glosses: " + (" ".join(update.committed) or "(none)"))
+        if stats.frames and stats.hand_frames == 0:
+            print(f"warning: no hand was found on any of the {stats.frames} frames; the glosses above come from "
+                  "face and body alone (check the hands are in view and lit)", file=sys.stderr)
         if stats.frames <= cfg.window and args.beam > 1:
             how = f"the whole clip in one window, beam {args.beam}: offline decoding's settings"
         elif args.beam > 1:

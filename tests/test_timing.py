@@ -132,3 +132,17 @@ def test_live_and_offline_give_one_answer_when_the_window_covers_the_clip():
         assert live[-1].committed == offline, beam
     # greedy and beam differ on this random model, so the beam setting really reached the live path
     assert I.decode(logits, lens, VOCAB, beam=1)[0] != I.decode(logits, lens, VOCAB, beam=4)[0]
+
+
+def test_live_counts_frames_with_hands():
+    from test_infer import FakeRec, table_extractor, token_frames
+
+    toks = token_frames([3, 1])
+    kp = np.zeros((len(toks), 543, 3), np.float32)
+    kp[:, 0, 0] = toks
+    mask = np.zeros((len(toks), 543), bool)
+    mask[:, :33] = True
+    mask[5:9, 530] = True  # a right-hand point on 4 frames
+    stats = I.StreamStats()
+    list(I.stream_glosses(range(len(toks)), table_extractor(kp, mask), FakeRec(), I.StreamConfig(40, 8, 8), stats))
+    assert stats.frames == len(toks) and stats.hand_frames == 4
