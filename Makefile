@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version.split()[0]}; set PYTHON=python3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[serve]'
+	$(VENV)/bin/pip install -q -e '.[serve,test]'
 	@touch $@
 
 setup: $(VENV)/.installed
@@ -82,6 +82,7 @@ demo: setup
 # sclite (Debian sctk) lets the scorer be checked against the official tool; tests skip without it.
 test: setup
 	@command -v sclite >/dev/null || command -v sctk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		echo "installing Debian sctk (sclite) for the scorer comparison tests" && \
 		(apt-get install -y -qq sctk >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq sctk >/dev/null 2>&1)) || \
 		echo "note: sclite not installed; the sclite comparison tests will skip"; }
 	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \

@@ -29,9 +29,8 @@ from distill.losses import BLANK_MODES
 from models.data import AugmentConfig
 from models.students import STUDENT_KINDS, LandmarkAugmentConfig, StudentConfig
 from models.train import DataConfig, TrainConfig
-from preprocess.configs import ConfigError, from_dict, load_yaml
+from preprocess.configs import ConfigError, from_dict, load_yaml, preset_dir, preset_names, preset_path
 
-RECIPE_DIR = Path(__file__).resolve().parents[1] / "configs" / "recipes"
 METHODS = ("smkd", "crkd", "signkd", "kdmslrt")
 STAGE_DATA = ("sentences", "segments", "sentences+segments")
 STUDENT_STREAMS = {"landmark": ("keypoints",), "rgb": ("rgb",), "lrinet": ("rgb",)}  # cache streams each kind reads
@@ -159,15 +158,15 @@ def _section(cls: type, d: Any, name: str) -> Any:
 
 
 def recipe_path(name_or_path: str | os.PathLike) -> Path:
-    """A recipe name (configs/recipes/<name>.yaml) or a path to a YAML file."""
-    p = Path(name_or_path)
+    """A recipe name (a preset ``recipes/<name>.yaml``, see :func:`preset_dir`) or a path to a YAML file."""
+    p = preset_path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
             raise FileNotFoundError(f"{p}: recipe not found")
         return p
-    cand = RECIPE_DIR / f"{name_or_path}.yaml"
+    cand = preset_dir("recipes") / f"{name_or_path}.yaml"
     if not cand.is_file():
-        names = sorted(x.stem for x in RECIPE_DIR.glob("*.yaml"))
+        names = preset_names("recipes")
         raise FileNotFoundError(f"unknown recipe {str(name_or_path)!r}; choose one of {names} or give a YAML path")
     return cand
 

@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 from preprocess.manifest import atomic_write_text
 
 DATASET = "synthsign"
-TEACHER_CONFIG = "configs/teachers/synthsign_fusion_attention.yaml"
+TEACHER_CONFIG = "synthsign_fusion_attention"  # a teacher preset (configs/teachers/<name>.yaml)
 RECIPE = "kdmslrt"
 # The demo trains shorter than the benchmark runs (configs: 30 epochs each) so that the whole
 # pipeline fits in 10 minutes on 2 CPU cores; the WERs it prints are therefore a little higher
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default=DATASET,
                    help="dataset name or YAML (default: the built-in synthsign; the teacher config and the "
                         "recipe must name the same dataset)")
-    p.add_argument("--teacher-config", default=TEACHER_CONFIG)
-    p.add_argument("--recipe", default=RECIPE)
+    p.add_argument("--teacher-config", default=TEACHER_CONFIG, help="teacher training YAML or preset name")
+    p.add_argument("--recipe", default=RECIPE, help="distillation recipe name or YAML")
     p.add_argument("--teacher-epochs", type=int, default=TEACHER_EPOCHS, help="teacher training epochs")
     p.add_argument("--student-epochs", type=int, default=STUDENT_EPOCHS, help="student training epochs")
     p.add_argument("--twin", action="store_true", help="also train the student with CTC alone, for comparison")

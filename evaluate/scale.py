@@ -41,7 +41,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_NUM_FRAMES = ROOT.parent / "shared" / "data" / "phoenix14" / "annotations" / "manual" / "train.num_frames.csv"
-TEACHER_PRESET = ROOT / "configs" / "teachers" / "phoenix14_fusion.yaml"
+TEACHER_PRESET = "phoenix14_fusion"  # teachers/<name>.yaml among the presets
 STUDENT_RECIPE = "kdmslrt"
 DATASET = "phoenix14_scale"
 PHOENIX_TRAIN_CLIPS = 5671  # the PHOENIX14 multisigner training split
@@ -182,8 +182,9 @@ def presets(cfg: ScaleConfig) -> list[Preset]:
     from distill.recipes import load_recipe
     from models.students import StudentConfig
     from models.train import load_config
+    from preprocess.configs import preset_dir
 
-    run = load_config(TEACHER_PRESET)
+    run = load_config(preset_dir("teachers") / f"{TEACHER_PRESET}.yaml")
     fusion = replace(run.model, rgb_pretrained=None, **(TOY_MODEL if cfg.toy else {}))
     rgb = replace(fusion, streams=("rgb",), fusion="none")
     out = [

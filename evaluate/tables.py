@@ -1,7 +1,7 @@
 """README tables from trained runs: the teacher benchmark (issue 3) and the KD ablation (issue 4).
 
     python -m evaluate.tables teachers [--runs exp/teachers] [--cache cache] [--dataset synthsign]
-    python -m evaluate.tables students [--runs exp/students] [--recipes configs/recipes]
+    python -m evaluate.tables students [--runs exp/students] [--recipes <folder of recipe YAMLs>]
     python -m evaluate.tables all [--teacher-runs ...] [--student-runs ...]
         [--out FILE.md] [--json FILE] [--beam 10] [--frames 200] [--threads 1] [--repeats 10]
         [--stat median|min] [--no-onnx]
@@ -13,7 +13,7 @@ beam search (``evaluate.eval.evaluate``, which also leaves CTM + report in ``<ru
 Then the bar of DESIGN section 9 is checked: the best fused teacher (chosen on dev) must beat
 every single-stream model on dev and on test.
 
-Students: for every recipe (``configs/recipes/*.yaml``) the CTC-only twin
+Students: for every recipe (the ``recipes/*.yaml`` presets) the CTC-only twin
 (``<runs>/<recipe>_ctc``) and the distilled run (``<runs>/<recipe>``), as ``distill.train``
 lays them out. WERs come from the run's ``results.json`` when it was decoded with the same
 beam, else they are decoded here; parameters, the size of the model weights alone (state dict,
@@ -39,10 +39,10 @@ from typing import Any, Sequence
 import torch
 import yaml
 
+from preprocess.configs import preset_dir
 from preprocess.manifest import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE_DIR = ROOT / "configs" / "recipes"
 DEFAULT_TEACHER_RUNS = Path("exp") / "teachers"
 DEFAULT_STUDENT_RUNS = Path("exp") / "students"
 SPLITS = ("dev", "test")
@@ -277,9 +277,9 @@ def teachers_markdown(table: dict[str, Any], s: Settings) -> str:
 # ------------------------------------------------------------------------------ students
 
 
-def recipe_names(recipes: str | os.PathLike = RECIPE_DIR) -> list[str]:
+def recipe_names(recipes: str | os.PathLike | None = None) -> list[str]:
     """Recipe names: the YAML file stems (``distill.train`` writes ``exp/students/<name>``)."""
-    return sorted(p.stem for p in Path(recipes).glob("*.yaml"))
+    return sorted(p.stem for p in Path(recipes or preset_dir("recipes")).glob("*.yaml"))
 
 
 def recipe_kind(recipes: str | os.PathLike, name: str) -> str:
@@ -425,10 +425,11 @@ def epoch_ratio(kd: dict[str, Any], ctc: dict[str, Any]) -> float | None:
     return ta / tb if tb > 0 else None
 
 
-def student_table(runs: str | os.PathLike, s: Settings, recipes: str | os.PathLike = RECIPE_DIR,
+def student_table(runs: str | os.PathLike, s: Settings, recipes: str | os.PathLike | None = None,
                   progress: bool = True) -> dict[str, Any]:
     """Two rows per recipe (CTC-only twin, distilled) and whether distillation won."""
     runs = Path(runs)
+    recipes = recipes or preset_dir("recipes")
     rows, verdicts = [], {}
     for name in recipe_names(recipes):
         kind = recipe_kind(recipes, name)
@@ -501,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", help="run folders (default exp/teachers or exp/students; not with 'all')")
     p.add_argument("--teacher-runs", default=str(DEFAULT_TEACHER_RUNS), help="teacher runs for 'all'")
     p.add_argument("--student-runs", default=str(DEFAULT_STUDENT_RUNS), help="student runs for 'all'")
-    p.add_argument("--recipes", default=str(RECIPE_DIR), help="recipe folder (default configs/recipes)")
+    p.add_argument("--recipes", default=None, help="recipe folder (default: the recipes presets)")
     p.add_argument("--cache", default="cache", help="cache root (default cache)")
     p.add_argument("--dataset", help="dataset under the cache (default: each checkpoint's own)")
     p.add_argument("--beam", type=int, default=10, help="prefix beam width (default 10)")
@@ -534,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
             result["teachers"] = teacher_table(runs, s, progress=not args.quiet)
             parts.append("### Teachers\n\n" + teachers_markdown(result["teachers"], s))
         if args.what in ("students", "all"):
-            if not Path(args.recipes).is_dir():
+            if args.recipes and not Path(args.recipes).is_dir():
                 raise FileNotFoundError(f"{args.recipes}: no recipe folder; pass --recipes")
             runs = args.runs if args.what == "students" and args.runs else args.student_runs
             result["students"] = student_table(runs, s, args.recipes, progress=not args.quiet)

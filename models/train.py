@@ -42,7 +42,8 @@ from models.build import ModelConfig, build_model
 from models.checkpoint import check_compatible, load_checkpoint, remove_stale_temps, save_checkpoint, spec_to_dict
 from models.data import (AugmentConfig, BucketBatchSampler, CacheDataset, collate, collate_uint8, make_loader,
                          meta_config, to_device)
-from preprocess.configs import ConfigError, UserError, from_dict, load_yaml, print_user_error
+from preprocess.configs import (ConfigError, UserError, from_dict, load_yaml, preset_dir, preset_names, preset_path,
+                                print_user_error)
 from preprocess.device import resolve_device
 from preprocess.manifest import atomic_write_text
 
@@ -157,10 +158,14 @@ def _dataclass_from(cls: type, d: dict[str, Any] | None, section: str, where: st
 
 
 def load_config(path: str | os.PathLike, cache: str | None = None, epochs: int | None = None) -> RunConfig:
-    """Parse a training YAML; ``cache``/``epochs`` override the file (command-line flags)."""
-    path = Path(path)
+    """Parse a training YAML (a path, or a preset name: ``teachers/<name>.yaml``); ``cache``/``epochs``
+    override the file (command-line flags)."""
+    path = preset_path(path)
+    if not path.is_file() and not path.suffix and len(path.parts) == 1:
+        path = preset_dir("teachers") / f"{path}.yaml"
     if not path.is_file():
-        raise ConfigError(f"{path}: config not found; see configs/teachers/ for presets")
+        raise ConfigError(f"{path}: config not found; give a YAML path or a teacher preset name "
+                          f"({', '.join(preset_names('teachers'))})")
     raw = load_yaml(path, "training config")
     unknown = sorted(set(raw) - {"data", "model", "train"})
     if unknown or "data" not in raw:
@@ -733,7 +738,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist, hooks: TrainHoo
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="training YAML (configs/teachers/*.yaml)")
+    p.add_argument("--config", required=True, help="training YAML, or a preset name (configs/teachers/<name>.yaml)")
     p.add_argument("--cache", help="cache root (overrides data.cache)")
     p.add_argument("--dataset", help="dataset under the cache root (overrides data.dataset): one config, any corpus")
     p.add_argument("--out", help="output folder (default exp/teachers/<config name>, or <config name>_<dataset> "

@@ -232,6 +232,7 @@ def bench_synthsign(preset: str, tmp: Path) -> dict[str, Any]:
     import yaml
 
     from preprocess import synthsign
+    from preprocess.configs import preset_dir
 
     root = tmp / "synthsign"
     _, gen_s = _timed(synthsign.generate, synthsign.preset(preset), root, False)
@@ -242,7 +243,7 @@ def bench_synthsign(preset: str, tmp: Path) -> dict[str, Any]:
     res["flow"] = flow_rates(clips)
     res["write"] = write_rate(clips, tmp)
     yaml_path = tmp / "synthsign.yaml"
-    repo_yaml = REPO_ROOT / "configs" / "datasets" / "synthsign.yaml"
+    repo_yaml = preset_dir("datasets") / "synthsign.yaml"
     feats = (yaml.safe_load(repo_yaml.read_text()) or {}).get("features", {}) if repo_yaml.is_file() else {}
     yaml_path.write_text(json.dumps({"name": "synthsign", "reader": "synthsign", "root": str(root),
                                      "features": feats, "generator": {"preset": preset}}))

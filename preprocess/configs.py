@@ -60,6 +60,63 @@ def print_user_error(e: BaseException, prog: str | None = None) -> int:
     return 2
 
 
+# --------------------------------------------------------------------------------- presets
+
+PRESETS_ENV = "SIGNDISTILL_CONFIGS"
+_REPO = Path(__file__).resolve().parents[1]
+_PACKAGED = Path(__file__).resolve().parent / "presets"  # configs/ as a wheel ships it (pyproject package-dir)
+
+
+def preset_roots() -> list[Path]:
+    """Folders that may hold the presets, in search order.
+
+    ``$SIGNDISTILL_CONFIGS`` (a user's own copy), then the checkout's ``configs/`` (source tree and
+    editable install; only where a ``pyproject.toml`` marks the checkout), then the copy a wheel
+    install ships inside this package.
+    """
+    env = os.environ.get(PRESETS_ENV)
+    roots = []
+    if env:
+        root = Path(env).expanduser()
+        if not root.is_dir():
+            raise ConfigError(f"{PRESETS_ENV}={env}: not a folder; point it at a folder laid out like "
+                              "the repository's configs/ (datasets/, recipes/, teachers/) or unset it")
+        roots.append(root)
+    if (_REPO / "pyproject.toml").is_file():
+        roots.append(_REPO / "configs")
+    roots.append(_PACKAGED)
+    return roots
+
+
+def preset_dir(kind: str) -> Path:
+    """The first folder ``<root>/<kind>`` (``datasets``, ``recipes``, ``teachers``, ``synthsign``) found."""
+    roots = preset_roots()
+    for root in roots:
+        if (root / kind).is_dir():
+            return root / kind
+    raise ConfigError(f"no {kind} presets in {', '.join(str(r) for r in roots)}; set {PRESETS_ENV}=<folder "
+                      f"holding {kind}/> (a copy of the repository's configs/) or reinstall signdistill")
+
+
+def preset_path(path: str | os.PathLike) -> Path:
+    """``path`` itself when it exists; a relative ``configs/<kind>/<file>`` that does not is found among
+    the presets, so the repository-relative paths in recipes, the Makefile and the README also work
+    from another directory and from a wheel install. Anything else comes back unchanged."""
+    path = Path(path).expanduser()
+    if path.exists() or path.is_absolute() or len(path.parts) < 3 or path.parts[0] != "configs":
+        return path
+    rest = Path(*path.parts[1:])
+    for root in preset_roots():
+        if (root / rest).is_file():
+            return root / rest
+    return path
+
+
+def preset_names(kind: str) -> list[str]:
+    """The preset names of ``kind``: the YAML file stems of :func:`preset_dir`."""
+    return sorted(p.stem for p in preset_dir(kind).glob("*.yaml"))
+
+
 # ------------------------------------------------------------------------------------ YAML
 
 

@@ -9,12 +9,13 @@ import torch
 import yaml
 
 from distill import train as dt
-from distill.recipes import RECIPE_DIR, load_recipe
+from distill.recipes import load_recipe
 from distill.teacher_cache import StudentDataset, prepare_teacher_cache, student_collate
 from models.base import ModelOutput
 from models.checkpoint import load_checkpoint, load_model
 from models.data import AugmentConfig, CacheDataset
 from preprocess import cache as cache_lib
+from preprocess.configs import preset_dir
 from test_data import DATASET, make_tiny_cache
 from test_teacher_cache import make_teacher
 
@@ -28,7 +29,7 @@ TINY_STUDENTS = {
 
 def tiny_recipe(name: str, tmp: Path, cache: Path, **changes) -> Path:
     """configs/recipes/<name>.yaml shrunk to the tiny cache: tiny dims, 1 epoch per stage, few corrector epochs."""
-    raw = yaml.safe_load((RECIPE_DIR / f"{name}.yaml").read_text())
+    raw = yaml.safe_load((preset_dir("recipes") / f"{name}.yaml").read_text())
     raw["data"].update(dataset=DATASET, cache=str(cache))
     raw["data"]["augment"]["crop_size"] = 12 if raw["student"]["kind"] != "landmark" else 0
     raw["student"].update(TINY_STUDENTS[raw["student"]["kind"]])
