@@ -24,18 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from preprocess.configs import ConfigError, UserError, check_keys, load_yaml
+from preprocess.configs import ConfigError, UserError, check_keys, load_yaml, preset_dir, preset_names, preset_path
 from preprocess.keypoint_io import (KEYPOINT_SUFFIXES, KeypointFileError, keypoint_fps, keypoint_frame_size,
                                    keypoint_num_frames)
 from preprocess.manifest import SPLITS, Utterance, write_manifest
+from preprocess.video import IMAGE_SUFFIXES
 from preprocess.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv"})
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "configs" / "datasets"
 
 
 # ------------------------------------------------------------------------------ shared helpers
@@ -609,23 +607,23 @@ CONFIG_KEYS = frozenset({"name", "reader", "root", "features", "generator", "opt
 
 
 def available_datasets() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    return preset_names("datasets")
 
 
 def load_dataset_config(name_or_path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> DatasetConfig:
-    """A dataset YAML by name (``configs/datasets/<name>.yaml`` of this repository) or by path.
+    """A dataset YAML by name (a preset ``datasets/<name>.yaml``, see :func:`preset_dir`) or by path.
 
     The corpus root is, in order: ``data_root``, the ``DATA_ROOT`` environment variable, the
     YAML's ``root``; a relative root is resolved against the current directory.
     """
     text = str(name_or_path)
-    as_path = Path(text).expanduser()
+    as_path = preset_path(text)
     if text.endswith((".yaml", ".yml")) or os.sep in text or as_path.is_file():
         path = as_path
         if not path.is_file():
             raise FileNotFoundError(f"{path}: dataset config not found")
     else:
-        path = CONFIG_DIR / f"{text}.yaml"
+        path = preset_dir("datasets") / f"{text}.yaml"
         if not path.is_file():
             raise ValueError(f"unknown dataset {text!r}; known: {available_datasets()} "
                              "(or pass the path to your own YAML with reader: custom)")

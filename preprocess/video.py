@@ -20,7 +20,9 @@ import numpy as np
 
 from preprocess.configs import UserError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Frame-folder images: the corpus readers count these and read_frames decodes them (OpenCV reads all).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+_IMAGE_NAMES = "/".join(IMAGE_SUFFIXES)
 FOLDER_FPS = 25.0  # PHOENIX14/14-T frame folders are 25 fps and carry no rate of their own
 
 
@@ -47,7 +49,8 @@ def read_frames(
     """Decode ``source`` into ``(frames uint8 [T, H, W, 3] RGB, fps)``.
 
     Args:
-        source: a video file, a folder of png/jpg frames, or a glob such as ``dir/*.png``.
+        source: a video file, a folder of image frames (:data:`IMAGE_SUFFIXES`), or a glob such as
+            ``dir/*.png``.
         max_frames: keep at most this many frames from the start (None: all).
         allow_truncated: a video file that ends before its header says is an error by default,
             because its gloss annotation covers frames that are missing; True keeps the frames
@@ -100,7 +103,7 @@ def probe_video(source: str | Path, folder_fps: float = FOLDER_FPS) -> VideoInfo
         files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
                        key=natural_key)
         if not files:
-            raise VideoError(path, "frame folder holds no .png/.jpg/.jpeg frames")
+            raise VideoError(path, f"frame folder holds no {_IMAGE_NAMES} frames")
         h, w = _imread_rgb(str(files[0])).shape[:2]
         return VideoInfo(float(folder_fps), len(files), int(w), int(h))
     if not path.is_file():
@@ -279,7 +282,7 @@ def _read_folder(folder: Path, max_frames: int | None) -> np.ndarray:
     if not files:
         subdirs = sorted(p.name + "/" for p in folder.iterdir() if p.is_dir())
         hint = f" (it has sub-folders {', '.join(subdirs[:3])}: point the source at the folder holding the frames)" if subdirs else ""
-        raise VideoError(folder, f"frame folder holds no .png/.jpg/.jpeg frames{hint}")
+        raise VideoError(folder, f"frame folder holds no {_IMAGE_NAMES} frames{hint}")
     return _read_image_files(str(folder), files, max_frames)
 
 

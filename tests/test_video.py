@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from preprocess import video
+from preprocess import datasets, video
 from preprocess.video import TruncatedVideoWarning, VideoError, natural_key, read_frames, resize_crop
 
 # Frames that really play, from shared/README.md. football's header claims 64, but two packets
@@ -91,6 +91,21 @@ def test_frame_folder_natural_sort_and_rgb(tmp_path):
     assert sorted(["a10.png", "a2.png", "a1.png"], key=natural_key) == ["a1.png", "a2.png", "a10.png"]
 
 
+@pytest.mark.parametrize("suffix", sorted(datasets.IMAGE_SUFFIXES))
+def test_every_frame_suffix_the_readers_count_is_decoded(tmp_path, suffix):
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i in range(3):
+        bgr = np.zeros((12, 16, 3), np.uint8)
+        bgr[..., 2], bgr[..., 1] = 10 * i, 200  # red = index (RGB order after decoding)
+        cv2.imwrite(str(folder / f"f{i}{suffix}"), bgr, [cv2.IMWRITE_WEBP_QUALITY, 101])  # webp: lossless
+    frames, _ = read_frames(folder)
+    assert datasets.count_frames(folder) == video.probe_video(folder).num_frames == len(frames) == 3
+    if suffix not in (".jpg", ".jpeg"):  # lossy
+        np.testing.assert_array_equal(frames[:, 0, 0, 0], [0, 10, 20])
+        assert (frames[..., 1] == 200).all()
+
+
 def test_real_phoenix_frames(shared_dir):
     frames, fps = read_frames(shared_dir / "data" / "phoenix14t" / "sample", folder_fps=25.0)
     assert frames.shape == (2, 260, 210, 3) and fps == 25.0  # 210x260 (width x height) PNGs
@@ -140,7 +155,7 @@ def _bad_inputs(tmp_path):
         (tmp_path / "missing.mp4", "no such file", tmp_path / "missing.mp4"),
         (text, "not a readable video", text),
         (empty_file, "empty file", empty_file),
-        (empty_dir, "no .png/.jpg/.jpeg frames", empty_dir),
+        (empty_dir, "no .png/.jpg/.jpeg/.bmp/.webp frames", empty_dir),
         (nested, "sub-folders 1/", nested),
         (corrupt, "unreadable image", corrupt / "f2.png"),
         (mixed, "differs from the first frame", mixed / "f2.png"),
