@@ -101,7 +101,8 @@ def test_invalid_config(kwargs, match):
 
 @pytest.fixture
 def empty_hub(tmp_path, monkeypatch):
-    torch = pytest.importorskip("torch")
+    import torch
+
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     flow_mod._estimator.cache_clear()
     yield tmp_path
@@ -117,7 +118,8 @@ def test_raft_without_weights_is_a_clear_error(empty_hub):
 
 
 def test_raft_runs_with_a_local_checkpoint(empty_hub):
-    torch = pytest.importorskip("torch")
+    import torch
+
     from torchvision.models.optical_flow import raft_small
 
     torch.manual_seed(0)
@@ -134,7 +136,8 @@ def test_raft_runs_with_a_local_checkpoint(empty_hub):
 
 
 def test_raft_rejects_a_foreign_checkpoint(empty_hub):
-    torch = pytest.importorskip("torch")
+    import torch
+
     bogus = empty_hub / "bogus.pth"
     torch.save({"state_dict": {"conv.weight": torch.zeros(1)}}, bogus)
     with pytest.raises(ValueError, match="not a torchvision raft_small checkpoint"):

@@ -7,17 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("onnxruntime")
-
-from evaluate import export as E  # noqa: E402
-from evaluate import infer as I  # noqa: E402
-from evaluate import speed as S  # noqa: E402
-from evaluate.decode import greedy_decode  # noqa: E402
-from models.base import InputSpec  # noqa: E402
-from models.build import ModelConfig, build_model  # noqa: E402
-from models.checkpoint import save_checkpoint  # noqa: E402
-from models.students import StudentConfig, build_student  # noqa: E402
-from preprocess.layouts import HOLISTIC_543  # noqa: E402
+from evaluate import export as E
+from evaluate import infer as I
+from evaluate import speed as S
+from evaluate.decode import greedy_decode
+from models.base import InputSpec
+from models.build import ModelConfig, build_model
+from models.checkpoint import save_checkpoint
+from models.students import StudentConfig, build_student
+from preprocess.layouts import HOLISTIC_543
 
 SPEC = InputSpec(num_keypoints=543, keypoint_layout=HOLISTIC_543)
 VOCAB = ["<blank>"] + [f"G{i}" for i in range(1, 10)]
@@ -173,7 +171,6 @@ def test_rgb_model_offline_preprocessing(shared_dir, rgb_onnx):
 
 def test_live_holistic_workers_on_real_frames(shared_dir):
     """Two MediaPipe graphs taking alternate frames (the live path) find what one graph finds."""
-    pytest.importorskip("mediapipe")
     from preprocess.landmarks import POSE, HolisticExtractor
 
     clip = shared_dir / "clips" / "wlasl_68011_book.mp4"

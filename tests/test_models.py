@@ -360,7 +360,8 @@ def test_random_init_warns_once(monkeypatch):
 
 
 def test_onnx_export_matches_torch(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
     torch.manual_seed(0)
     model = build_model(ModelConfig(**KP_ONLY, keypoint_dim=16, hidden=16), V, SPEC).eval()
     wrapper = ExportWrapper(model, ("keypoints", "keypoints_mask"))

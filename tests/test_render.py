@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import json
 
+import av
 import numpy as np
 import pytest
 
 from preprocess import render as R
-
-av = pytest.importorskip("av")
 
 
 def decode(path) -> tuple[list[np.ndarray], str, float]:

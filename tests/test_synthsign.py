@@ -68,7 +68,8 @@ def test_tiny_corpus_layout(tiny):
 
 
 def test_videos_decode_to_keypoint_length(tiny):
-    decord = pytest.importorskip("decord")
+    import decord
+
     cfg, root = tiny
     for r in _rows(root):
         vr = decord.VideoReader(str(root / r["video"]))
@@ -85,7 +86,8 @@ def test_video_shows_what_keypoints_say(clean):
     The palm is small, so the test also checks that the landmark position fits better than
     the same position moved by 5 pixels: the drawing and the keypoints share one geometry.
     """
-    decord = pytest.importorskip("decord")
+    import decord
+
     cfg, root = clean
     meta = json.loads((root / "synthsign.json").read_text())
     skins = {s["name"]: np.array(s["skin"][::-1], float) for s in meta["signers"]}  # BGR -> RGB
@@ -174,7 +176,8 @@ def test_hand_skeleton_is_rigid_and_shaped():
 
 
 def test_face_contours_match_mediapipe():
-    fm = pytest.importorskip("mediapipe.python.solutions.face_mesh_connections")
+    from mediapipe.python.solutions import face_mesh_connections as fm
+
     nodes = lambda conns: {i for e in conns for i in e}  # noqa: E731
     assert set(ss.FACE_OVAL) == nodes(fm.FACEMESH_FACE_OVAL)
     assert set(ss.LIPS_OUTER_UPPER + ss.LIPS_OUTER_LOWER + ss.LIPS_INNER_UPPER + ss.LIPS_INNER_LOWER) == nodes(
