@@ -51,7 +51,7 @@ from models.students import build_student
 from models.train import RunConfig, TrainHooks, TrainingStopped, load_config, read_metrics, train
 from preprocess import cache as cache_lib
 from preprocess.configs import UserError, print_user_error
-from preprocess.device import resolve_device
+from preprocess.device import DEVICE_CHOICES, resolve_device
 from preprocess.manifest import atomic_write_text
 from preprocess.vocab import Vocabulary
 
@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="override the epochs (of every stage, when the recipe has stages)")
     p.add_argument("--rebuild-teacher-cache", action="store_true", help="rebuild a stale teacher-output cache")
     p.add_argument("--train-teacher", action="store_true", help="train the recipe's teacher when no checkpoint exists")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto: CUDA when available, else CPU")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:

@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--manifest", help="manifest JSONL (the glosses of --split are used)")
     src.add_argument("--text", help="transcripts: STM, CTM or `id gloss ...` lines")
     p.add_argument("--split", default="train", help="manifest split to read (default train)")
-    p.add_argument("--order", type=int, default=3)
-    p.add_argument("--smoothing", choices=("kn", "addk"), default="kn")
+    p.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
+    p.add_argument("--smoothing", choices=("kn", "addk"), default="kn", help="Kneser-Ney or add-k smoothing")
     p.add_argument("--out", required=True, help="output JSON")
     args = p.parse_args(argv)
     try:

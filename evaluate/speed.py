@@ -1,4 +1,4 @@
-"""Model speed and size: the deployment figures of the bars (DESIGN section 9) and of the ablation table.
+"""Model speed and size: the deployment figures (int8 size, ms per clip, live frames/s) and those of the ablation table.
 
 ``python -m evaluate.speed --ckpt exp/a/best.pt [exp/b/best.pt ...] [--onnx model.onnx] [--frames 200]
 [--threads 1] [--live [CLIP]] [--live-workers 2] [--json out.json]`` prints one markdown row per
@@ -454,7 +454,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--scale", choices=SCALES)
+    pre.add_argument("--scale", choices=SCALES, help="run the training-scale benchmark instead")
     known, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
     if known.scale:  # the training-scale benchmark has its own options
         from evaluate.scale import main as scale_main

@@ -1,4 +1,4 @@
-"""README tables from trained runs: the teacher benchmark (issue 3) and the KD ablation (issue 4).
+"""README tables from trained runs: the teacher benchmark and the KD ablation (CTC-only twin vs distilled).
 
     python -m evaluate.tables teachers [--runs exp/teachers] [--cache cache] [--dataset synthsign]
     python -m evaluate.tables students [--runs exp/students] [--recipes <folder of recipe YAMLs>]
@@ -10,7 +10,7 @@ Teachers: every run folder with a ``best.pt`` (``python -m models.train``) gives
 parameters, median training clips/s (``metrics.jsonl``), epochs, milliseconds per
 ``--frames``-frame clip (batch 1, ``--threads`` CPU threads) and dev/test WER with a prefix
 beam search (``evaluate.eval.evaluate``, which also leaves CTM + report in ``<run>/eval/<split>``).
-Then the bar of DESIGN section 9 is checked: the best fused teacher (chosen on dev) must beat
+Then the accuracy bar is checked: the best fused teacher (chosen on dev) must beat
 every single-stream model on dev and on test.
 
 Students: for every recipe (the ``recipes/*.yaml`` presets) the CTC-only twin
@@ -182,7 +182,7 @@ def teacher_row(run: str | os.PathLike, s: Settings) -> dict[str, Any]:
 
 
 def fused_beats_singles(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """DESIGN section 9: the best fused teacher (lowest dev WER, then test) beats every single stream
+    """The accuracy bar: the best fused teacher (lowest dev WER, then test) beats every single stream
     on dev and on test (strictly lower WER).
 
     Args:

@@ -1,4 +1,4 @@
-"""The one contract every model follows (DESIGN section 5).
+"""The one contract every model follows.
 
 ``forward(inputs: dict[str, Tensor], lengths: LongTensor[B]) -> ModelOutput``. Models are pure:
 no loss and no decoding inside, so they export to ONNX and distillation reads their features.

@@ -1,4 +1,4 @@
-"""LRINet: the low-resolution-input student of CRKD (Zhu, Li, Yuan, Gan), DESIGN section 6.
+"""LRINet: the low-resolution-input student of CRKD (Zhu, Li, Yuan, Gan).
 
 Frame level (per frame, 2D): three stages of split kernels (a 1x3 then a 3x1 convolution,
 each + BN + ReLU), each stage ending in a 2x2 max-pool, so an r x r frame becomes r/8 x r/8.

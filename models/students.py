@@ -1,4 +1,4 @@
-"""Student models (DESIGN section 5) and the KD-MSLRT landmark augmentations.
+"""Student models (the same forward contract as the teachers) and the KD-MSLRT landmark augmentations.
 
 Three students, all under the ``models.base`` contract (``forward(inputs, lengths) ->
 ModelOutput`` with logits "main" (+ "conv_main") and features "frame" [B, T, D], "temporal"

@@ -44,7 +44,7 @@ from models.data import (AugmentConfig, BucketBatchSampler, CacheDataset, collat
                          meta_config, to_device)
 from preprocess.configs import (ConfigError, UserError, from_dict, load_yaml, preset_dir, preset_names, preset_path,
                                 print_user_error)
-from preprocess.device import resolve_device
+from preprocess.device import DEVICE_CHOICES, resolve_device
 from preprocess.manifest import atomic_write_text
 
 if TYPE_CHECKING:
@@ -745,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
                    "with --dataset)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt when it exists")
     p.add_argument("--epochs", type=int, help="override train.epochs (e.g. to extend a finished run)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto: CUDA when available, else CPU")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, cache=args.cache, epochs=args.epochs)

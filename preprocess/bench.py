@@ -1,4 +1,4 @@
-"""Feature-extraction benchmark (`make bench`): the DESIGN section 9 extraction bars.
+"""Feature-extraction benchmark (`make bench`): the extraction speed bars (DIS pairs/s, feature overhead, cache re-run).
 
 Measured on the real clips in ``../shared/clips`` (skipped when absent) and on a small
 generated synthsign corpus, one process and one thread per stage, as a `--workers 1` run:
@@ -38,7 +38,7 @@ DEFAULT_CLIPS = REPO_ROOT.parent / "shared" / "clips"
 DEFAULT_NUM_FRAMES = REPO_ROOT.parent / "shared" / "data" / "phoenix14" / "annotations" / "manual" / "train.num_frames.csv"
 RAFT_BENCH_SIZE = 224  # teacher resolution
 PHOENIX_FEATURES = ["--rgb-size", "256", "--flow", "dis", "--flow-size", "112", "--landmarks", "mediapipe"]
-FLOW_BENCH_SIZE = 112  # the DESIGN bar is stated at 112x112
+FLOW_BENCH_SIZE = 112  # the flow-speed bar is stated at 112x112
 FLOW_METHODS = ("dis", "farneback", "tvl1")
 # Frame pairs each flow method gets (TV-L1 and RAFT take ~0.1-1 s a pair on one CPU thread).
 FLOW_PAIRS = {"dis": 400, "farneback": 200, "tvl1": 12, "raft_small": 8}

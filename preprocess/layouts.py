@@ -84,5 +84,5 @@ def mirror_permutation(layout: str, num_points: int) -> np.ndarray:
 
 
 def layout_name(num_points: int) -> str:
-    """Layout name for a keypoint array of ``num_points`` points (DESIGN section 4)."""
+    """Layout name for a keypoint array of ``num_points`` points (``custom_<K>`` unless it is the 543-point Holistic layout)."""
     return HOLISTIC_543 if num_points == 543 else f"custom_{num_points}"

@@ -1,4 +1,4 @@
-"""synthsign: the built-in generated sign language corpus (DESIGN section 8).
+"""synthsign: the built-in generated sign language corpus.
 
 Why it exists: ``make demo`` must run every stage on a fresh machine with no data, and the
 distillation methods need a corpus where each modality matters. So the generator renders a
@@ -108,7 +108,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # For `make demo`: every stage end to end in minutes on a laptop CPU.
     "demo": dict(num_train=200, num_dev=40, num_test=40, num_glosses=14, num_signers=4,
                  min_glosses=2, max_glosses=4),
-    # The corpus the benchmarks and bars refer to (DESIGN sections 8-9).
+    # The corpus the README's benchmarks and accuracy bars are measured on.
     "default": {},
 }
 
@@ -1217,7 +1217,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", help="YAML file of SynthConfig fields (may name a preset)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     for f in fields(SynthConfig):
-        ap.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(f.default), default=None)
+        ap.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(f.default), default=None,
+                        help=f"override SynthConfig.{f.name} (default {f.default})")
     args = ap.parse_args(argv)
     try:
         values: dict[str, Any] = _load_yaml_config(args.config) if args.config else {}

@@ -64,7 +64,7 @@ def official_phoenix14_ctm(ctm_text: str, ref_ids: list[str]) -> str:
 
 
 def clean_phoenix14t_sentence(words: list[str]) -> list[str]:
-    """PHOENIX14-T cleaning on the sentence string (DESIGN section 7), both sides."""
+    """PHOENIX14-T cleaning on the sentence string, both sides (as the corpus's official evaluation script)."""
     s = " ".join(words)
     s = re.sub(r"(?<!\S)__\S*?__(?!\S)", " ", s)
     s = re.sub(r"(?<!\S)(?:loc|cl)-", "", s)
