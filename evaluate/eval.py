@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from evaluate.decode import GlossLM, TimedGloss, beam_decode, greedy_decode, timed_glosses
+from evaluate.normalize import RULE_NAMES
 from models.base import TIME_REDUCTION
 from models.checkpoint import check_compatible, checkpoint_streams
 from models.ensemble import checkpoint_paths, load_ensemble
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="dev", help="split to decode and score (default dev)")
     p.add_argument("--beam", type=int, default=10, help="prefix beam width (1: greedy)")
     p.add_argument("--out", help="output folder (default <ckpt folder>/eval)")
-    p.add_argument("--rules", choices=("none", "phoenix14", "phoenix14t"),
+    p.add_argument("--rules", choices=RULE_NAMES,
                    help="WER normalisation (default: the checkpoint's training rules)")
     p.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="device to decode on (default cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="clips per forward pass")

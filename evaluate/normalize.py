@@ -84,6 +84,7 @@ PHOENIX14T = RuleSet(
 NONE = RuleSet(name="none")
 
 RULESETS: dict[str, RuleSet] = {r.name: r for r in (PHOENIX14, PHOENIX14T, NONE)}
+RULE_NAMES = tuple(RULESETS)  # the choices of every --rules option and of train.rules
 
 
 def get_rules(rules: str | RuleSet) -> RuleSet:

@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 
 from evaluate.align import Alignment, align, format_alignment
 from evaluate.formats import FormatError, read_transcripts
-from evaluate.normalize import fill_empty, get_rules, normalize
+from evaluate.normalize import RULE_NAMES, fill_empty, get_rules, normalize
 from preprocess.configs import UserError
 from preprocess.manifest import atomic_write_text
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--rules",
         default="none",
-        choices=["phoenix14", "phoenix14t", "none"],
+        choices=RULE_NAMES,
         help="normalisation of the official evaluation (default: none = plain comparison)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object: wer sub del ins n_ref")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 TIME_REDUCTION = 4  # every model shortens time by this factor so posteriors align
+STREAMS = ("rgb", "keypoints", "flow")  # model-facing input streams; keypoints also bring keypoints_mask
 
 
 @dataclass

@@ -9,20 +9,19 @@ from dataclasses import asdict, dataclass
 
 from torch import Tensor, nn
 
-from models.base import InputSpec
+from models.base import STREAMS, InputSpec
 from models.encoders import RGB_BACKBONES, FlowEncoder, KeypointEncoder, RGBEncoder
 from models.fusion import FUSIONS, CSLRModel
 from models.keypoint_input import KeypointNormConfig
 from preprocess.configs import from_dict
 from preprocess.layouts import SUBSETS, subset_indices
 
-STREAMS = ("rgb", "keypoints", "flow")
 TEMPORALS = ("conv_bilstm",)  # "tscm" (CRKD hybrid convolution) is planned, not built yet
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    streams: tuple[str, ...] = ("keypoints",)  # subset of ("rgb", "keypoints", "flow"), in fusion order
+    streams: tuple[str, ...] = ("keypoints",)  # subset of STREAMS, in fusion order
     fusion: str = "none"  # "none" (exactly one stream) | "early" | "late" | "attention"
     rgb_backbone: str = "resnet18"  # "resnet18" | "resnet34" | "resnet50" | "tiny" (small CNN for CPU demos)
     # ImageNet weights: a local torchvision state-dict path, "imagenet" (torchvision's file in the torch

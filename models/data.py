@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from models.base import InputSpec
+from models.base import STREAMS, TIME_REDUCTION, InputSpec
 from preprocess import cache as cache_lib
 from preprocess.configs import from_dict
 from preprocess.flow import dequantize_flow
@@ -31,8 +31,6 @@ from preprocess.manifest import Utterance, read_manifest
 from preprocess.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
-
-STREAMS = ("rgb", "keypoints", "flow")  # model-facing streams; keypoints also bring keypoints_mask
 
 
 @dataclass(frozen=True)
@@ -282,7 +280,7 @@ class CacheDataset(Dataset):
         idx = np.arange(T)
         if train and aug.time_scale > 0 and T > 1:
             new_t = max(1, round(T * (1.0 + aug.time_scale * scale)))
-            need = 4 * len(self.targets[i])  # keep CTC feasible (time is reduced 4x by models)
+            need = TIME_REDUCTION * len(self.targets[i])  # keep CTC feasible (models shorten time)
             if new_t < need:
                 new_t = min(need, max(T, new_t))  # never stretch beyond the unscaled length for it
             idx = np.round(np.linspace(0, T - 1, new_t)).astype(np.int64)
