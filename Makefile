@@ -71,7 +71,7 @@ tables: setup
 # make cv DATASET=boston104 (after make features DATASET=boston104); report in $(OUT)/cv/<dataset>/report.md
 CV_TEACHER ?= configs/teachers/keypoints_small.yaml
 CV_RECIPE ?= keypoints_small
-CV_ARGS ?= --folds 5 --seeds 0 1 2 --ensemble-teacher
+CV_ARGS ?= --folds 5 --seeds 0 1 2 --ensemble-teacher twin --models twin student
 cv: setup
 	$(PY) -m evaluate.cv --dataset $(basename $(notdir $(DATASET))) --teacher-config $(CV_TEACHER) --recipe $(CV_RECIPE) \
 		--cache $(CACHE) --out $(OUT)/cv $(CV_ARGS)

@@ -1,7 +1,7 @@
 """`make cv`: k-fold cross-validation of a teacher, its distilled student and the CTC-only twin.
 
-    python -m evaluate.cv --dataset boston104 --teacher-config configs/teachers/small_keypoints.yaml \\
-        --recipe small_keypoints [--folds 5] [--seeds 0 1 2] [--group-by sentence|signer|none]
+    python -m evaluate.cv --dataset boston104 --teacher-config configs/teachers/keypoints_small.yaml \\
+        --recipe keypoints_small [--folds 5] [--seeds 0 1 2] [--group-by sentence|signer|none]
 
 For corpora without a dev split. Each fold is a dataset view of the cache
 (``preprocess.folds``): trained on the other folds, scored on the held-out one, whose labels
@@ -160,13 +160,14 @@ def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None,
                    out: str | Path = "exp/cv", folds: int = 5, seeds: Sequence[int] = (0, 1, 2),
                    group_by: str = "none", dev_frac: float = 0.0, epochs: int | None = None,
                    models: Sequence[str] = MODELS, beam: int = 10, device: str = "cpu",
-                   fold_seed: int = 0, ensemble_teacher: bool = False, only_folds: Sequence[int] | None = None,
+                   fold_seed: int = 0, ensemble_teacher: str | None = None, only_folds: Sequence[int] | None = None,
                    teacher_ckpt: Sequence[str] | None = None) -> dict[str, Any]:
     """Run every (fold, seed, model) not yet finished; write and return the report.
 
     ``folds=1`` runs the dataset's own splits (trained on train, best.pt on dev, scored on test)
-    for every seed. ``ensemble_teacher``: every student of a fold distils from the ensemble of
-    that fold's teachers over all seeds (reported as the model "ensemble"). ``teacher_ckpt``: a
+    for every seed. ``ensemble_teacher`` ("teacher" or "twin"): every student of a fold distils
+    from the ensemble of that fold's teachers (or CTC-only twins: ensemble self-distillation)
+    over all seeds, reported as the model "ensemble". ``teacher_ckpt``: a
     fixed, already trained teacher (one checkpoint, or several: their ensemble) instead of
     training one. ``only_folds`` runs a subset (e.g. one process per core); the report covers
     the runs finished so far.
@@ -174,7 +175,11 @@ def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None,
     bad = sorted(set(models) - set(MODELS))
     if bad:
         raise UserError(f"--models {bad} unknown; choose from {list(MODELS)}")
-    if "teacher" in models and not (teacher_config or teacher_ckpt):
+    if ensemble_teacher not in (None, "teacher", "twin"):
+        raise UserError(f"--ensemble-teacher must be teacher or twin, got {ensemble_teacher!r}")
+    if ensemble_teacher == "twin" and "twin" not in models:
+        raise UserError("--ensemble-teacher twin distils from the twins: keep twin in --models")
+    if "teacher" in models and ensemble_teacher != "twin" and not (teacher_config or teacher_ckpt):
         raise UserError("the teacher and the distilled student need --teacher-config (or --teacher-ckpt)")
     if ("student" in models or "twin" in models) and not recipe:
         raise UserError("the student and its twin need --recipe")
@@ -211,25 +216,30 @@ def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None,
         teachers: dict[int, list[Path]] = {}
         if teacher_ckpt:
             teachers = {s: [Path(p) for p in teacher_ckpt] for s in seeds}
-        elif "teacher" in models or "student" in models:
+        elif "teacher" in models and ensemble_teacher != "twin":
             for seed in seeds:
                 tdir = base / f"seed{seed}" / "teacher"
                 record("teacher", seed, done_or_run(tdir, lambda: run_teacher(
                     teacher_config, view, seed, tdir, cache, epochs, beam, device)))
                 teachers[seed] = [_best(tdir)]
-            if ensemble_teacher:
-                members = [p for s in seeds for p in teachers[s]]
-                edir = base / "ensemble"
+        twins: dict[int, dict[str, Any] | None] = {}
+        if "twin" in models:
+            for seed in seeds:
+                tdir = base / f"seed{seed}" / "twin"
+                twins[seed] = done_or_run(tdir, lambda: run_student(
+                    recipe, view, seed, tdir, cache, epochs, None, False, device))
+                record("twin", seed, twins[seed])
+        if ensemble_teacher:  # one teacher per fold: the ensemble of its teachers' (or twins') seeds
+            kind = "twin" if ensemble_teacher == "twin" else "teacher"
+            members = [_best(base / f"seed{s}" / kind) for s in seeds]
+            edir = base / "ensemble"
+            if run_this or (edir / "result.json").is_file():
                 record("ensemble", -1, done_or_run(edir, lambda: _run_ensemble(members, view, edir, cache, beam)))
-                teachers = {s: members for s in seeds}
-        for seed in seeds:
-            sdir = base / f"seed{seed}"
-            twin = None
-            if "twin" in models:
-                twin = done_or_run(sdir / "twin", lambda: run_student(
-                    recipe, view, seed, sdir / "twin", cache, epochs, None, False, device))
-                record("twin", seed, twin)
-            if "student" in models:
+            teachers = {s: members for s in seeds}
+        if "student" in models:
+            for seed in seeds:
+                sdir = base / f"seed{seed}"
+                twin = twins.get(seed)
                 if run_this and twin is not None:
                     best_teacher = min((r.wer for r in fold_runs if r.model in ("teacher", "ensemble")), default=None)
                     if best_teacher is not None and best_teacher > twin["wer"]:
@@ -244,8 +254,8 @@ def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None,
     total = sum(v.test_tokens for v in views)
     what = "its own train/dev/test splits" if folds == 1 else f"{folds}-fold cross-validation (grouped by {group_by})"
     header = (f"## {dataset}: {what}, seeds {list(seeds)}\n\n"
-              f"teacher `{teacher_config or ','.join(teacher_ckpt or [])}`"
-              f"{' (students distil from the ensemble of the fold teachers)' if ensemble_teacher else ''}, "
+              f"teacher `{'the CTC-only twins' if ensemble_teacher == 'twin' else teacher_config or ','.join(teacher_ckpt or [])}`"
+              f"{f' (students distil from the ensemble of the fold {ensemble_teacher}s)' if ensemble_teacher else ''}, "
               f"recipe `{recipe}`; {unseen} of {total} held-out gloss tokens "
               f"({100.0 * unseen / max(total, 1):.1f}%) never occur in their training part.")
     report = {"dataset": dataset, "folds": folds, "group_by": group_by, "seeds": list(seeds), "dev_frac": dev_frac,
@@ -288,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="which models to run")
     p.add_argument("--beam", type=int, default=10, help="beam of the teacher's held-out decoding")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="training device")
-    p.add_argument("--ensemble-teacher", action="store_true",
-                   help="students distil from the ensemble of their fold's teachers over all seeds")
+    p.add_argument("--ensemble-teacher", choices=("teacher", "twin"),
+                   help="students distil from the ensemble of their fold's teachers (or CTC-only twins) over all seeds")
     p.add_argument("--teacher-ckpt", nargs="+", help="an already trained teacher (several: their ensemble) "
                    "instead of --teacher-config; with --folds 1")
     p.add_argument("--only-folds", type=int, nargs="+", help="run only these folds (e.g. one process per core)")
