@@ -121,9 +121,9 @@ def summarise(runs: Sequence[RunResult]) -> dict[str, Any]:
     return out
 
 
-def format_report(summary: dict[str, Any], header: str) -> str:
+def format_report(summary: dict[str, Any], header: str, metric: str = "CV WER (pooled over folds, mean ± sd over seeds)") -> str:
     """Markdown table: pooled CV WER mean ± sd over seeds, per-run spread, and the claims that hold."""
-    lines = [header, "", "| model | CV WER (pooled, mean ± sd over seeds) | per seed | fold x seed runs: mean ± sd |",
+    lines = [header, "", f"| model | {metric} | per seed | fold x seed runs: mean ± sd |",
              "|---|---:|---|---:|"]
     for m, s in summary["models"].items():
         per_seed = " / ".join(f"{v:.1f}" for v in s["pooled_by_seed"].values())
@@ -264,7 +264,8 @@ def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None,
               "unseen_tokens": unseen, "test_tokens": total, "summary": summary,
               "runs": [asdict(r) for r in runs]}
     atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
-    atomic_write_text(out / "report.md", format_report(summary, header))
+    metric = "test WER (mean ± sd over seeds)" if folds == 1 else "CV WER (pooled over folds, mean ± sd over seeds)"
+    atomic_write_text(out / "report.md", format_report(summary, header, metric))
     return report
 
 

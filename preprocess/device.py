@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from preprocess.configs import UserError
+
 if TYPE_CHECKING:
     import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
-class DeviceError(ValueError):
+class DeviceError(UserError):
     """The requested device is unknown or not present on this machine."""
 
 
