@@ -40,7 +40,7 @@ from preprocess import cache
 from preprocess.configs import UserError, check_keys, from_dict, print_user_error, write_error
 from preprocess.flow import DEVICES, DTYPES as FLOW_DTYPES, METHODS as FLOW_METHODS, FlowConfig, flow_scale
 from preprocess.layouts import HOLISTIC_543
-from preprocess.manifest import Utterance, atomic_write_text, read_manifest
+from preprocess.manifest import Utterance, atomic_write_bytes, atomic_write_text, read_manifest
 
 LANDMARK_MODES = ("auto", "mediapipe", "file", "none")
 STAGES = ("decode", "landmarks", "flow", "write")
@@ -549,21 +549,7 @@ def _copy_if_changed(src: Path, dst: Path) -> None:
     data = src.read_bytes()
     if dst.is_file() and dst.read_bytes() == data:
         return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    except OSError as e:
-        raise write_error(dst, e) from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dst)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise write_error(dst, e) from e
-        raise
+    atomic_write_bytes(dst, data)
 
 
 def prepare_manifest(ds, out_dir: Path) -> list[Utterance]:

@@ -48,8 +48,9 @@ class Utterance:
         )
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text via a temp file + rename so a crash never leaves a half-written file."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes via a temp file + rename so a crash never leaves a half-written file; a failed
+    write (full disk) is one line naming ``path``, and the temp file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -57,8 +58,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     except OSError as e:
         raise write_error(path, e) from e
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):
@@ -66,6 +67,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         if isinstance(e, OSError):
             raise write_error(path, e) from e
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """``atomic_write_bytes`` of UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_text_if_changed(path: str | os.PathLike, text: str) -> bool:
