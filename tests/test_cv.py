@@ -232,3 +232,22 @@ def test_dataset_flag_trains_one_config_on_another_corpus(cache, tmp_path, monke
     assert dt.main(["--recipe", str(recipe), "--dataset", view.name, "--device", "cpu"]) == 0  # finds that teacher
     results = json.loads((tmp_path / "exp" / "students" / f"signkd_landmark_{view.name}" / "results.json").read_text())
     assert results["teacher"]["path"].endswith(f"t_{view.name}/best.pt") and "test" in results["splits"]
+
+
+def test_students_distil_from_the_ensemble_of_their_fold_twins(cache, tmp_path):
+    from test_distill_train import tiny_recipe
+
+    recipe = tiny_recipe("signkd_landmark", tmp_path, cache)
+    report = cv.cross_validate(DATASET, None, str(recipe), str(cache), tmp_path / "cv", folds=2, seeds=(0, 1),
+                               models=("twin", "student"), beam=2, ensemble_teacher="twin")
+    models = [(r["model"], r["fold"], r["seed"]) for r in report["runs"]]
+    assert sorted(m for m in models if m[0] == "ensemble") == [("ensemble", 0, -1), ("ensemble", 1, -1)]
+    assert len([m for m in models if m[0] == "student"]) == 4 and "teacher" not in {m[0] for m in models}
+    base = tmp_path / "cv" / DATASET / make_fold_view(cache, DATASET, 0, 2).name
+    student = json.loads((base / "seed1" / "student" / "results.json").read_text())
+    assert student["teacher"]["path"] == ",".join(str(base / f"seed{s}" / "twin" / "best.pt") for s in (0, 1))
+    pair = report["summary"]["pairs"]["ensemble-twin"]
+    assert pair["n"] == 2 and not pair["a_beats_b"]  # two seeds are never enough for a claim
+    with pytest.raises(UserError, match="keep twin in --models"):
+        cv.cross_validate(DATASET, None, str(recipe), str(cache), tmp_path / "cv2", folds=2, seeds=(0,),
+                          models=("student",), ensemble_teacher="twin")
