@@ -370,19 +370,16 @@ def run_recipe(recipe: Recipe, out_dir: str | os.PathLike, teacher: str | Sequen
     projectors: nn.ModuleDict | None = None
     cache_s = 0.0
     if use_kd:
-        if teacher is not None and not isinstance(teacher, (str, os.PathLike)) and len(teacher) > 1:
-            tpath: Any = [resolve_teacher(recipe, str(p), dc.cache, False, device) for p in teacher]  # an ensemble
-        else:
-            one = teacher if teacher is None or isinstance(teacher, (str, os.PathLike)) else teacher[0]
-            tpath = resolve_teacher(recipe, one, dc.cache, train_teacher, device)
-        tmodel, tckpt = load_ensemble(checkpoint_paths(tpath))
-        for p, member in zip(checkpoint_paths(tpath), tckpt.get("members") or [tckpt]):
+        given = [None] if teacher is None else [str(p) for p in checkpoint_paths(teacher)]  # several: an ensemble
+        tpath = [resolve_teacher(recipe, p, dc.cache, train_teacher, device) for p in given]
+        tmodel, tckpt = load_ensemble(tpath)
+        for p, member in zip(tpath, tckpt.get("members") or [tckpt]):
             check_compatible(member, dc.cache, dc.dataset, ckpt_name=f"teacher {p}")
-        tname = ",".join(str(p) for p in checkpoint_paths(tpath))
+        tname = ",".join(map(str, tpath))
         check_time_reduction(tmodel, InputSpec(**tckpt["input_spec"]), checkpoint_streams(tckpt), probe_student,
                              spec, streams, tname)
         teacher_info = {"path": tname, "fingerprint": teacher_fingerprint(tckpt)}
-        warn_if_teacher_weaker(checkpoint_paths(tpath), out_dir)
+        warn_if_teacher_weaker(tpath, out_dir)
         del tmodel
         t0 = time.time()
         tcache = prepare_teacher_cache(tpath, dc.cache, dc.dataset, dc.train_split, out_dir / "teacher_outputs" / dc.train_split,

@@ -49,21 +49,30 @@ def _score_dict(r: Any) -> dict[str, Any]:
     return {"wer": float(d["wer"]), "errors": int(d["sub"]) + int(d["del"]) + int(d["ins"]), "n_ref": int(d["n_ref"])}
 
 
+def finished(out: Path) -> dict[str, Any] | None:
+    """The held-out score of a finished run folder (a teacher's or ensemble's result.json, a
+    student's results.json), or None while it is not finished."""
+    if (out / "result.json").is_file():
+        return json.loads((out / "result.json").read_text(encoding="utf-8"))
+    if (out / "results.json").is_file():
+        return _score_dict(json.loads((out / "results.json").read_text(encoding="utf-8"))["splits"]["test"])
+    return None
+
+
 def run_teacher(config: str, view: FoldView, seed: int, out: Path, cache: str, epochs: int | None,
                 beam: int, device: str) -> dict[str, Any]:
     """Train (or resume) the fold's teacher and score its held-out fold; cached in result.json."""
     from evaluate.eval import evaluate
     from models.train import load_config, train
 
-    done = out / "result.json"
-    if done.is_file():
-        return json.loads(done.read_text(encoding="utf-8"))
+    if (done := finished(out)) is not None:
+        return done
     cfg = load_config(config, cache=cache, epochs=epochs)
     cfg = replace(cfg, data=replace(cfg.data, dataset=view.name, dev_split="dev"), train=replace(cfg.train, seed=seed))
     summary = train(cfg, out, resume=True, device=device)
     ckpt = summary["best_path"] or summary["last"]
     result = _score_dict(evaluate(ckpt, cache, view.name, "test", beam=beam, out=out / "eval", device="cpu"))
-    atomic_write_text(done, json.dumps(result) + "\n")
+    atomic_write_text(out / "result.json", json.dumps(result) + "\n")
     return result
 
 
@@ -73,14 +82,13 @@ def run_student(recipe_name: str, view: FoldView, seed: int, out: Path, cache: s
     from distill.recipes import load_recipe
     from distill.train import run_recipe
 
-    done = out / "results.json"
-    if not done.is_file():
-        recipe = load_recipe(recipe_name, cache=cache, epochs=epochs)
-        recipe = replace(recipe, data=replace(recipe.data, dataset=view.name, dev_split="dev"),
-                         train=replace(recipe.train, seed=seed))
-        run_recipe(recipe, out, teacher=[str(p) for p in teacher] if teacher else None, kd=kd, resume=True,
-                   device=device)
-    results = json.loads(done.read_text(encoding="utf-8"))
+    if (done := finished(out)) is not None:
+        return done
+    recipe = load_recipe(recipe_name, cache=cache, epochs=epochs)
+    recipe = replace(recipe, data=replace(recipe.data, dataset=view.name, dev_split="dev"),
+                     train=replace(recipe.train, seed=seed))
+    results = run_recipe(recipe, out, teacher=[str(p) for p in teacher] if teacher else None, kd=kd, resume=True,
+                         device=device)
     return _score_dict(results["splits"]["test"])
 
 
@@ -205,13 +213,7 @@ def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None,
                 fold_runs.append(RunResult(model, view.fold, seed, unseen_tokens=view.unseen_tokens, **r))
 
         def done_or_run(path: Path, fn):  # a run of a fold this process does not own is only read
-            if run_this:
-                return fn()
-            if (path / "result.json").is_file():
-                return json.loads((path / "result.json").read_text(encoding="utf-8"))
-            if (path / "results.json").is_file():
-                return _score_dict(json.loads((path / "results.json").read_text(encoding="utf-8"))["splits"]["test"])
-            return None
+            return fn() if run_this else finished(path)
 
         teachers: dict[int, list[Path]] = {}
         if teacher_ckpt:
@@ -233,7 +235,7 @@ def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None,
             kind = "twin" if ensemble_teacher == "twin" else "teacher"
             members = [_best(base / f"seed{s}" / kind) for s in seeds]
             edir = base / "ensemble"
-            if run_this or (edir / "result.json").is_file():
+            if run_this or finished(edir) is not None:
                 record("ensemble", -1, done_or_run(edir, lambda: _run_ensemble(members, view, edir, cache, beam)))
             teachers = {s: members for s in seeds}
         if "student" in models:
@@ -273,11 +275,10 @@ def _run_ensemble(members: Sequence[Path], view: FoldView, out: Path, cache: str
     """Held-out WER of the ensemble of ``members`` (cached in result.json)."""
     from evaluate.eval import evaluate
 
-    done = out / "result.json"
-    if done.is_file():
-        return json.loads(done.read_text(encoding="utf-8"))
+    if (done := finished(out)) is not None:
+        return done
     result = _score_dict(evaluate([str(p) for p in members], cache, view.name, "test", beam=beam, out=out / "eval"))
-    atomic_write_text(done, json.dumps(result) + "\n")
+    atomic_write_text(out / "result.json", json.dumps(result) + "\n")
     return result
 
 

@@ -258,24 +258,6 @@ def normalise_gathered(pts: Tensor, mask: Tensor, num_selected: int, anchors: tu
     return out.clamp(-10.0, 10.0) * m
 
 
-def keypoint_features(pts: Tensor, mask: Tensor, num_selected: int, anchors: tuple[int, int] | None) -> Tensor:
-    """Per-frame input vectors of landmark models: normalised (x, y, z, mask) of each subset point.
-
-    Args:
-        pts: [B, T, P, 3] float, gathered by ``keypoint_gather``.
-        mask: [B, T, P] bool.
-        num_selected, anchors: as returned with the gather (see ``normalise_gathered``).
-
-    Returns:
-        [B, T, K' * 4], point-major: (x, y, z, mask) of point 0, then of point 1, ...
-    """
-    b, t = pts.shape[:2]
-    rows = normalise_gathered(pts, mask, num_selected, anchors)  # [B, T, 3, K']
-    m = mask[:, :, None, :num_selected].to(rows.dtype)  # [B, T, 1, K']
-    x = torch.cat([rows, m], dim=2)  # [B, T, 4, K']
-    return x.transpose(2, 3).reshape(b, t, -1)  # [B, T, K', 4] -> [B, T, K' * 4]
-
-
 def normalise_keypoints(kp: Tensor, mask: Tensor, indices: Tensor, holistic: bool, eps: float = 1e-3) -> Tensor:
     """Select a subset of points and make it translation- and scale-invariant per frame.
 

@@ -9,6 +9,7 @@ members' features side by side, so a student's projector can regress onto all of
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,12 +36,11 @@ class Ensemble(nn.Module):
         for o in outs[1:]:
             if not torch.equal(o.out_lengths, first.out_lengths):
                 raise ValueError("ensemble members reduce time differently; ensemble models of one architecture family")
-        n = torch.tensor(float(len(outs)))
         logits = {}
         for level in first.logits:
             if all(level in o.logits for o in outs):
                 logp = torch.stack([o.logits[level].float().log_softmax(-1) for o in outs])  # [M, B, T', V]
-                logits[level] = torch.logsumexp(logp, dim=0) - torch.log(n)  # log of the mean probability
+                logits[level] = torch.logsumexp(logp, dim=0) - math.log(len(outs))  # log of the mean probability
         feats = {name: torch.cat([o.features[name].float() for o in outs], dim=-1)  # [B, T, M * D]
                  for name in first.features if all(name in o.features for o in outs)}
         return ModelOutput(logits=logits, out_lengths=first.out_lengths, features=feats)

@@ -66,7 +66,7 @@ class KeypointNormConfig:
 def _time_diff(rows: Tensor, ok: Tensor) -> tuple[Tensor, Tensor]:
     """First difference along time of ``rows`` [B, T, C, K] where both frames are ``ok`` [B, T, 1, K]."""
     prev = torch.cat([rows[:, :1], rows[:, :-1]], dim=1)  # [B, T, C, K], frame t-1 (t=0: itself)
-    ok_prev = torch.cat([ok[:, :1] & False, ok[:, :-1]], dim=1)  # frame 0 has no predecessor
+    ok_prev = torch.cat([torch.zeros_like(ok[:, :1]), ok[:, :-1]], dim=1)  # frame 0 has no predecessor
     both = ok & ok_prev
     return torch.where(both, rows - prev, torch.zeros_like(rows)), both
 
