@@ -111,6 +111,7 @@ def test_point_centre_and_utterance_scale_match_an_independent_computation(delta
     kp = rng.random((2, t + 2, k, 3)).astype(np.float32)
     mask = rng.random((2, t + 2, k)) > 0.2
     mask[0, 3, 2] = False  # the reference point missing on a frame: its clip mean is used there
+    mask[0, 5, :] = False  # every point missing on a frame: zeros there, the clip's other frames unaffected
     lengths = torch.tensor([t, t - 3])
     mod = KeypointInput(list(range(k)), "custom_3", k, KeypointNormConfig("point", 2, "utterance", deltas))
     got = mod(torch.from_numpy(kp), torch.from_numpy(mask), lengths)
@@ -119,7 +120,9 @@ def test_point_centre_and_utterance_scale_match_an_independent_computation(delta
         n = int(lengths[b])
         want = _reference(kp[b, :n].astype(np.float64), mask[b, :n], 2, deltas)
         np.testing.assert_allclose(got[b, :n].numpy(), want, atol=1e-5)
+        assert torch.isfinite(got[b]).all()
         assert not got[b, n:].any()  # padded frames are zero
+    assert not got[0, 5].any()  # the frame with no point: no position, no mask, no motion
 
 
 def test_utterance_scale_makes_signer_size_and_position_irrelevant():
