@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from preprocess.configs import UserError, print_user_error
-from preprocess.folds import GROUP_BY, FoldView, make_fold_view
+from preprocess.folds import GROUP_BY, FoldView, make_fold_view, own_splits_view
 from preprocess.manifest import atomic_write_text
 
 log = logging.getLogger("evaluate.cv")
@@ -146,20 +146,6 @@ def format_report(summary: dict[str, Any], header: str, metric: str = "CV WER (p
     return "\n".join(lines) + "\n"
 
 
-def own_splits(cache: str, dataset: str) -> FoldView:
-    """The dataset's own train/dev/test splits as one "fold" (multi-seed runs without CV)."""
-    from preprocess import cache as cache_lib
-    from preprocess.manifest import read_manifest
-
-    utts = read_manifest(cache_lib.dataset_dir(cache, dataset) / "manifest.jsonl")
-    ids = {s: tuple(u.id for u in utts if u.split == s) for s in ("train", "dev", "test")}
-    if not ids["test"]:
-        raise UserError(f"{dataset} has no test split to score; cross-validate it (--folds 5)")
-    seen = {g for u in utts if u.split == "train" for g in u.glosses}
-    test = [g for u in utts if u.split == "test" for g in u.glosses]
-    return FoldView(dataset, 0, ids["train"], ids["dev"], ids["test"], sum(g not in seen for g in test), len(test))
-
-
 def _best(run: Path) -> Path:
     return run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
 
@@ -197,7 +183,7 @@ def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None,
         raise UserError("--teacher-ckpt gives one teacher for every fold, which has seen the held-out folds; "
                         "use --teacher-config with --folds > 1 (or --folds 1)")
     out = Path(out) / dataset
-    views = ([own_splits(cache, dataset)] if folds == 1 else
+    views = ([own_splits_view(cache, dataset)] if folds == 1 else
              [make_fold_view(cache, dataset, f, folds, group_by, fold_seed, dev_frac) for f in range(folds)])
     runs: list[RunResult] = []
     for view in views:

@@ -146,8 +146,21 @@ def make_fold_view(cache_root: str | os.PathLike, dataset: str, fold: int, k: in
             "fold": {"parent": dataset, "fold": fold, "folds": k, "group_by": group_by, "seed": seed,
                      "dev_frac": dev_frac}}
     write_text_if_changed(dst / "meta.json", json.dumps(meta, indent=2, default=str))
-    seen = {g for s in train_sents for g in s}
-    test_tokens = [g for u in held for g in u.glosses]
-    return FoldView(name=name, fold=fold, train=tuple(u.id for u in view if u.split == "train"),
-                    dev=tuple(sorted(dev_ids)), test=tuple(u.id for u in held),
-                    unseen_tokens=sum(g not in seen for g in test_tokens), test_tokens=len(test_tokens))
+    return _fold_view(name, fold, view)
+
+
+def own_splits_view(cache_root: str | os.PathLike, dataset: str) -> FoldView:
+    """A dataset's own train/dev/test splits as one "fold" (multi-seed runs without CV)."""
+    utts = read_manifest(cache_lib.dataset_dir(cache_root, dataset) / "manifest.jsonl")
+    if not any(u.split == "test" for u in utts):
+        raise UserError(f"{dataset} has no test split to score; cross-validate it (--folds 5)")
+    return _fold_view(dataset, 0, utts)
+
+
+def _fold_view(name: str, fold: int, utts: Sequence[Utterance]) -> FoldView:
+    """The ids of each split, and the test glosses the train split never shows."""
+    ids = {s: tuple(u.id for u in utts if u.split == s) for s in ("train", "dev", "test")}
+    seen = {g for u in utts if u.split == "train" for g in u.glosses}
+    test = [g for u in utts if u.split == "test" for g in u.glosses]
+    return FoldView(name=name, fold=fold, train=ids["train"], dev=ids["dev"], test=ids["test"],
+                    unseen_tokens=sum(g not in seen for g in test), test_tokens=len(test))
