@@ -42,6 +42,9 @@ class TeacherSpec:
     config: str = ""  # teacher training YAML (models.train), used by --train-teacher when neither exists
     features: tuple[str, ...] = ()  # teacher features cached besides the main posteriors ("frame", "context", ...)
     reduce_dim: int = 0  # > 0: cache wider features through a fixed random projection to this width
+    online: bool = False  # run the teacher on every augmented training batch (the student's exact view)
+    #   instead of caching its outputs on the clean clips: a teacher that fits its training clips
+    #   says little more than the labels there, but on a perturbed clip it shows what it would guess
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -105,6 +105,21 @@ def check_time_reduction(teacher: nn.Module, teacher_spec: InputSpec, teacher_st
             f"distil from a teacher with the student's reduction (models.base.TIME_REDUCTION = {TIME_REDUCTION})")
 
 
+def check_online_teacher(recipe: Recipe, teacher: nn.Module, tckpt: dict[str, Any], spec: InputSpec,
+                         streams: Sequence[str], name: str) -> nn.Module:
+    """The teacher, frozen, once it is known to read exactly the student's inputs (it runs on them)."""
+    tstreams = checkpoint_streams(tckpt)
+    if not set(tstreams) <= set(streams) or InputSpec(**tckpt["input_spec"]) != spec:
+        raise UserError(f"teacher {name} reads {list(tstreams)} ({tckpt['input_spec']}) but the student "
+                        f"{list(streams)} ({asdict(spec)}); an online teacher (teacher.online) must read the "
+                        "student's inputs: cache its outputs instead (teacher.online: false)")
+    if recipe.kd.only_correct:
+        raise UserError("kd.only_correct needs the cached teacher outputs; set teacher.online: false")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
 def warn_if_teacher_weaker(teachers: Sequence[Path], out_dir: Path) -> str | None:
     """One warning line when the teacher's dev WER is worse than the student's CTC-only twin's.
 
@@ -160,11 +175,23 @@ def segment_cross_entropy(logits: Tensor, out_lengths: Tensor, glosses: Tensor) 
     return (ce * valid).sum() / valid.sum().clamp(min=1)
 
 
+def online_teacher_outputs(teacher: nn.Module, recipe: Recipe, inputs: dict[str, Tensor], lengths: Tensor
+                           ) -> dict[str, Tensor]:
+    """The teacher's outputs on the student's own (augmented) batch, laid out as the cached ones:
+    main-level log-probabilities plus the distilled features."""
+    with torch.no_grad():
+        out = teacher(inputs, lengths)
+    arrays = {"logits": out.main.float().log_softmax(-1)}  # [B, T', V]
+    arrays.update({name: out.features[name].float() for name in recipe.teacher.features})
+    arrays["correct"] = torch.ones(len(lengths), dtype=torch.bool, device=lengths.device)
+    return arrays
+
+
 def make_extra_loss(recipe: Recipe, use_kd: bool, use_smkd: bool, projectors: nn.ModuleDict | None,
-                    segment_ce: float = 0.0
+                    segment_ce: float = 0.0, online: nn.Module | None = None
                     ) -> Callable[[ModelOutput, Sequence[Any], int], tuple[Tensor, dict[str, Tensor]]] | None:
-    """The loss added to CTC: hierarchical KD from the cached teacher, SMKD, and/or the segment
-    cross-entropy (single-gloss batches only); None for CTC only."""
+    """The loss added to CTC: hierarchical KD from the cached (or, with ``online``, the live)
+    teacher, SMKD, and/or the segment cross-entropy (single-gloss batches only); None for CTC only."""
     kd, sm = recipe.kd, recipe.smkd
     weights = {"posterior": kd.posterior, **kd.features} if use_kd else {}
     if not weights and not use_smkd and segment_ce <= 0:
@@ -174,7 +201,10 @@ def make_extra_loss(recipe: Recipe, use_kd: bool, use_smkd: bool, projectors: nn
         total = out.main.new_zeros((), dtype=torch.float32)
         parts: dict[str, Tensor] = {}
         if weights:
-            cached, device = batch[5], out.main.device
+            device = out.main.device
+            cached = (batch[5] if online is None else
+                      online_teacher_outputs(online, recipe, {k: v.to(device) for k, v in batch[0].items()},
+                                             batch[1].to(device)))
             teacher = {"logits": cached["logits"].to(device)}
             teacher.update({name: cached[kd.teacher_feature(name)].to(device) for name in kd.features})
             student, frames = out, batch[1].to(device)
@@ -292,8 +322,8 @@ def decode_split(model: nn.Module, ckpt: dict[str, Any], cache: str, dataset: st
 
 def evaluate_run(recipe: Recipe, best: Path, out_dir: Path, kd: bool) -> dict[str, Any]:
     """Dev/test WER of ``best`` (+ the text corrector's, when the recipe has one) -> results dict."""
-    from evaluate.formats import write_text
-    from evaluate.wer import score
+    from evaluate.core.formats import write_text
+    from evaluate.core.wer import score
     from preprocess.manifest import read_manifest
 
     dc = recipe.data
@@ -366,6 +396,7 @@ def run_recipe(recipe: Recipe, out_dir: str | os.PathLike, teacher: str | Sequen
 
     use_kd = kd and recipe.teacher is not None and recipe.kd.active
     tcache: TeacherCache | None = None
+    online: nn.Module | None = None  # recipe.teacher.online: the teacher runs inside the training loop
     teacher_info = None
     projectors: nn.ModuleDict | None = None
     cache_s = 0.0
@@ -378,15 +409,22 @@ def run_recipe(recipe: Recipe, out_dir: str | os.PathLike, teacher: str | Sequen
         tname = ",".join(map(str, tpath))
         check_time_reduction(tmodel, InputSpec(**tckpt["input_spec"]), checkpoint_streams(tckpt), probe_student,
                              spec, streams, tname)
-        teacher_info = {"path": tname, "fingerprint": teacher_fingerprint(tckpt)}
+        teacher_info = {"path": tname, "fingerprint": teacher_fingerprint(tckpt), "online": recipe.teacher.online}
         warn_if_teacher_weaker(tpath, out_dir)
-        del tmodel
-        t0 = time.time()
-        tcache = prepare_teacher_cache(tpath, dc.cache, dc.dataset, dc.train_split, out_dir / "teacher_outputs" / dc.train_split,
-                                       recipe.teacher.features, recipe.teacher.reduce_dim, rebuild=rebuild_teacher_cache)
-        cache_s = time.time() - t0
+        if recipe.teacher.online:
+            online = check_online_teacher(recipe, tmodel, tckpt, spec, streams, tname).to(device)
+            teacher_dims = {n: int(f.shape[-1]) for n, f in
+                            probe(tmodel, spec, streams).features.items() if n in recipe.teacher.features}
+        else:
+            del tmodel
+            t0 = time.time()
+            tcache = prepare_teacher_cache(tpath, dc.cache, dc.dataset, dc.train_split,
+                                           out_dir / "teacher_outputs" / dc.train_split, recipe.teacher.features,
+                                           recipe.teacher.reduce_dim, rebuild=rebuild_teacher_cache)
+            cache_s = time.time() - t0
+            teacher_dims = tcache.dims
         torch.manual_seed(recipe.train.seed + 1)  # projectors: their own seed, the student's init is untouched
-        projectors = make_projectors(recipe, student_out, tcache.dims)
+        projectors = make_projectors(recipe, student_out, teacher_dims)
     del probe_student
 
     stages = recipe.stage_list(kd)
@@ -415,7 +453,8 @@ def run_recipe(recipe: Recipe, out_dir: str | os.PathLike, teacher: str | Sequen
             return model
 
         lm_aug = recipe.landmark_augment
-        teacher_here = tcache if (use_kd and stage.distill and stage.data == "sentences") else None
+        kd_here = use_kd and stage.distill and stage.data == "sentences"
+        teacher_here = tcache if kd_here else None
         if stage.data == "segments":
             segments = _segments(prev_best, recipe, stage_dc, out_dir / "segments.json")
 
@@ -435,9 +474,9 @@ def run_recipe(recipe: Recipe, out_dir: str | os.PathLike, teacher: str | Sequen
 
         hooks = TrainHooks(
             build_model=factory, model_config=student_dict,
-            extra_loss=make_extra_loss(recipe, teacher_here is not None, use_smkd and distill_here, projectors,
-                                       stage.segment_ce if kd else 0.0),
-            extra_modules=projectors if teacher_here is not None else None,
+            extra_loss=make_extra_loss(recipe, kd_here, use_smkd and distill_here, projectors,
+                                       stage.segment_ce if kd else 0.0, online if kd_here else None),
+            extra_modules=projectors if kd_here else None,
             train_data=wrap, collate=student_collate,
             checkpoint_extra={**base_extra, "stage": stage.name},
         )

@@ -1,0 +1,75 @@
+"""A teacher run inside the training loop (``teacher.online``): same outputs as the cache on clean
+clips, distillation end to end without a teacher cache, and a refusal for a teacher of other inputs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from distill import train as dt
+from distill.recipes import load_recipe
+from distill.teacher_cache import StudentDataset, prepare_teacher_cache, student_collate
+from models.checkpoint import load_checkpoint, load_model
+from models.data import CacheDataset
+from test_data import DATASET, make_tiny_cache
+from test_distill_train import tiny_recipe
+from test_teacher_cache import make_teacher
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return make_tiny_cache(tmp_path_factory.mktemp("cache"), n_train=6, n_dev=2)
+
+
+@pytest.fixture(scope="module")
+def twin(cache, tmp_path_factory) -> Path:
+    """A CTC-only landmark student: a teacher that reads exactly its student's inputs."""
+    tmp = tmp_path_factory.mktemp("twin")
+    recipe = tiny_recipe("keypoints_small", tmp, cache)
+    assert dt.main(["--recipe", str(recipe), "--no-kd", "--out", str(tmp / "run"), "--device", "cpu"]) == 0
+    return tmp / "run" / "best.pt"
+
+
+def online_recipe(tmp: Path, cache: Path) -> Path:
+    path = tiny_recipe("keypoints_small", tmp, cache)
+    raw = yaml.safe_load(path.read_text())
+    raw["teacher"]["online"] = True
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_online_outputs_equal_the_cached_ones_on_clean_clips(cache, twin, tmp_path):
+    recipe = load_recipe(online_recipe(tmp_path, cache))
+    teacher, _ = load_model(twin)
+    cached = prepare_teacher_cache(twin, cache, DATASET, "train", tmp_path / "to")
+    ds = CacheDataset(cache, DATASET, "train", ("keypoints",), augment=None)
+    batch = student_collate([StudentDataset(ds, cached)[i] for i in range(4)])
+    live = dt.online_teacher_outputs(teacher.eval(), recipe, batch[0], batch[1])
+    steps = batch[5]["out_lengths"]
+    assert live["logits"].shape == batch[5]["logits"].shape
+    for j, n in enumerate(steps.tolist()):  # cache: float16 log-probabilities
+        torch.testing.assert_close(live["logits"][j, :n], batch[5]["logits"][j, :n], atol=2e-2, rtol=1e-2)
+    assert torch.allclose(live["logits"].exp().sum(-1), torch.ones(live["logits"].shape[:2]), atol=1e-4)
+
+
+def test_online_distillation_needs_no_teacher_cache(cache, twin, tmp_path):
+    out = tmp_path / "run"
+    assert dt.main(["--recipe", str(online_recipe(tmp_path, cache)), "--teacher", str(twin), "--out", str(out),
+                    "--device", "cpu"]) == 0
+    assert not (out / "teacher_outputs").exists()
+    ck = load_checkpoint(out / "best.pt")
+    assert ck["distilled"] is True and ck["teacher"]["online"] is True and ck["teacher"]["path"] == str(twin)
+    metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert metrics["train_levels"]["kd_posterior"] > 0  # the live teacher's KL is in the loss
+
+
+def test_online_teacher_must_read_the_students_inputs(cache, tmp_path, capsys):
+    teacher = make_teacher(tmp_path / "fused.pt", cache)  # reads rgb, keypoints and flow
+    code = dt.main(["--recipe", str(online_recipe(tmp_path, cache)), "--teacher", str(teacher),
+                    "--out", str(tmp_path / "run"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "online teacher" in err[0] and "fused.pt" in err[0] and "teacher.online: false" in err[0]
