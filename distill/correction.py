@@ -162,7 +162,7 @@ def confusions_from_hypotheses(refs: Mapping[str, Sequence[str]],
     corrector practises on the substitutions that recognizer actually makes. Ids missing from
     either side are skipped.
     """
-    from evaluate.align import align
+    from evaluate.core.align import align
 
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     for uid in sorted(set(refs) & set(hyps)):
@@ -448,7 +448,7 @@ def correct(model: GlossCorrector, hyps: Mapping[str, Sequence[str]], margin: fl
 
 
 def _train_main(args: argparse.Namespace) -> int:
-    from evaluate.formats import read_transcripts
+    from evaluate.core.formats import read_transcripts
     from preprocess.manifest import read_manifest
 
     overrides = {k: v for k, v in {
@@ -480,7 +480,7 @@ def _train_main(args: argparse.Namespace) -> int:
 
 
 def _apply_main(args: argparse.Namespace) -> int:
-    from evaluate.formats import read_transcripts, write_text
+    from evaluate.core.formats import read_transcripts, write_text
 
     model = load_corrector(args.ckpt)
     hyps = read_transcripts(args.hyp, fmt=args.format)

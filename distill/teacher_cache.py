@@ -61,7 +61,7 @@ from models.base import TIME_REDUCTION, InputSpec
 from models.checkpoint import check_compatible, checkpoint_streams
 from models.ensemble import checkpoint_paths, load_ensemble
 from models.data import AugmentConfig, BucketBatchSampler, CacheDataset, collate
-from evaluate.decode import greedy_decode
+from evaluate.core.decode import greedy_decode
 from models.students import LandmarkAugment, LandmarkAugmentConfig
 from preprocess import cache as cache_lib
 from preprocess.configs import UserError

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from evaluate.decode import GlossLM, TimedGloss, beam_decode, greedy_decode, timed_glosses
-from evaluate.normalize import RULE_NAMES
+from evaluate.core.decode import GlossLM, TimedGloss, beam_decode, greedy_decode, timed_glosses
+from evaluate.core.normalize import RULE_NAMES
 from models.base import TIME_REDUCTION
 from models.checkpoint import check_compatible, checkpoint_streams
 from models.ensemble import checkpoint_paths, load_ensemble
@@ -101,8 +101,8 @@ def evaluate(ckpt: str | os.PathLike | Sequence[str | os.PathLike], cache: str |
     (for PHOENIX, whose official STMs are cleaner than the corpus annotation). ``dataset``
     defaults to the one the checkpoint was trained on.
     """
-    from evaluate.formats import format_timed_ctm, read_transcripts, write_stm
-    from evaluate.wer import format_report, score
+    from evaluate.core.formats import format_timed_ctm, read_transcripts, write_stm
+    from evaluate.core.wer import format_report, score
 
     paths = checkpoint_paths(ckpt)  # several: their ensemble (mean posterior) is decoded
     model, state = load_ensemble(paths, device)
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lm = None
         if args.lm:
-            from evaluate.lm import NGramLM
+            from evaluate.core.lm import NGramLM
 
             lm = NGramLM.load(args.lm)
         result = evaluate(args.ckpt, args.cache, args.dataset, args.split, beam=args.beam, out=args.out,

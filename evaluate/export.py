@@ -395,7 +395,7 @@ def compare_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
         ``max_abs_diff``, ``frame_agreement`` (share of valid output steps with the same argmax) and
         ``sequence_agreement`` (share of rows whose greedy gloss sequence is identical).
     """
-    from evaluate.decode import greedy_decode
+    from evaluate.core.decode import greedy_decode
 
     feed = _feed(inputs, lengths)
     a, a_len = ort_session(fp32_path).run(list(OUTPUT_NAMES), feed)

@@ -23,8 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from evaluate.align import Alignment, align
-from evaluate.decode import timed_glosses
+from evaluate.core.align import Alignment, align
+from evaluate.core.decode import timed_glosses
 
 BLANK_COLOUR = "0.75"
 OP_COLOURS = {"C": "tab:green", "S": "tab:red", "D": "tab:purple", "I": "tab:orange"}
@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             path = plot_cached_utterance(args.ckpt, args.cache, args.out, args.split, args.utt, args.beam, args.svg,
                                          args.dataset)
         elif args.what == "confusions":
-            from evaluate.formats import read_transcripts
+            from evaluate.core.formats import read_transcripts
 
             pairs = aligned_pairs(read_transcripts(args.hyp), read_transcripts(args.ref))
             path = plot_confusions(pairs, args.out, args.svg, args.top, title=f"confusions of {Path(args.hyp).name}")

@@ -309,8 +309,8 @@ def student_wer(model: torch.nn.Module, ckpt: dict[str, Any], cache: str, datase
     """Decode and score one split with an already loaded student (what ``evaluate.eval.evaluate`` does,
     for students it cannot rebuild); writes the CTM and report under ``out``."""
     from evaluate.eval import decode_dataset
-    from evaluate.formats import write_ctm
-    from evaluate.wer import format_report, score
+    from evaluate.core.formats import write_ctm
+    from evaluate.core.wer import format_report, score
     from models.checkpoint import check_compatible, checkpoint_streams
     from models.data import CacheDataset
     from preprocess.vocab import Vocabulary

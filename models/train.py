@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from evaluate.normalize import RULE_NAMES
+from evaluate.core.normalize import RULE_NAMES
 from models.base import InputSpec, ModelOutput
 from models.build import ModelConfig, build_model
 from models.checkpoint import check_compatible, load_checkpoint, remove_stale_temps, save_checkpoint, spec_to_dict
@@ -90,7 +90,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (falls back to eager with a warning where it fails)
     beam: int = 1  # dev decoding beam (1: greedy)
     eval_every: int = 1  # decode dev every N epochs (and always after the last one)
-    rules: str = "none"  # WER normalisation rules, one of evaluate.normalize.RULE_NAMES
+    rules: str = "none"  # WER normalisation rules, one of evaluate.core.normalize.RULE_NAMES
     # CPU intra-op threads (0: torch's default). Fixed, so a seed gives the same weights on every run;
     # small models train fastest on one thread, and two runs side by side do not fight over cores.
     threads: int = 1
@@ -480,7 +480,7 @@ def evaluate_dev(model: nn.Module, loader: DataLoader, dataset: CacheDataset, tc
                  device: torch.device, amp: torch.dtype | None):
     """Decode the dev split (``amp``: the autocast dtype, None for float32); returns (ScoreResult, mean weighted CTC loss)."""
     from evaluate.eval import decode_log_probs
-    from evaluate.wer import score
+    from evaluate.core.wer import score
 
     model.eval()
     hyps: dict[str, list[str]] = {}

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate.decode import beam_decode, greedy_decode, prefix_beam_search
-from evaluate.lm import EOS, UNK, NGramLM, main as lm_main
+from evaluate.core.decode import beam_decode, greedy_decode, prefix_beam_search
+from evaluate.core.lm import EOS, UNK, NGramLM
+from evaluate.lm import main as lm_main
 
 
 def peaked(paths: list[list[int]], v: int, p: float = 0.9) -> torch.Tensor:

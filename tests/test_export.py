@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from evaluate import export as E
-from evaluate.decode import greedy_decode
+from evaluate.core.decode import greedy_decode
 from models.base import InputSpec
 from models.build import ModelConfig, build_model
 from models.checkpoint import save_checkpoint

@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from evaluate import eval as eval_mod
-from evaluate.wer import score_files
+from evaluate.core.wer import score_files
 from models import checkpoint as ckpt_mod
 from models import train as train_mod
 from preprocess import cache as cache_lib
@@ -155,8 +155,8 @@ def test_from_dict_coerces_what_yaml_reads_loosely():
 
 def test_user_errors_share_one_base():
     from distill.teacher_cache import StaleTeacherCache
-    from evaluate.formats import FormatError
-    from evaluate.wer import ScoringError
+    from evaluate.core.formats import FormatError
+    from evaluate.core.wer import ScoringError
     from preprocess.features import UtteranceError
     from preprocess.keypoint_io import KeypointFileError
     from preprocess.landmarks import NoPersonError
@@ -416,7 +416,7 @@ def test_empty_hypothesis_file_warns(tmp_path, caplog):
     ref, hyp = tmp_path / "ref.txt", tmp_path / "hyp.ctm"
     ref.write_text("u1 A B\nu2 C\n")
     hyp.write_text("")
-    with caplog.at_level(logging.WARNING, logger="evaluate.wer"):
+    with caplog.at_level(logging.WARNING, logger="evaluate.core.wer"):
         result = score_files(hyp, ref)
     assert result.wer == 100.0
     assert any("hyp.ctm: no hypotheses" in r.getMessage() and "2 reference" in r.getMessage() for r in caplog.records)

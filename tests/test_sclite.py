@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from evaluate.formats import format_ctm, read_stm, write_ctm
-from evaluate.wer import main, score, score_files
+from evaluate.core.formats import format_ctm, read_stm, write_ctm
+from evaluate.core.wer import score, score_files
+from evaluate.wer import main
 
 DEBIAN_SCLITE = "/usr/lib/sctk/bin/sclite"  # where the Debian package puts it (not on PATH)
 

@@ -1,4 +1,4 @@
-"""Glosses placed in time: CTC spikes -> segments (evaluate.decode), infer's JSON/CTM, eval's timed CTM + STM."""
+"""Glosses placed in time: CTC spikes -> segments (evaluate.core.decode), infer's JSON/CTM, eval's timed CTM + STM."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from evaluate import infer as I
-from evaluate.decode import ctc_viterbi, greedy_decode, timed_glosses
-from evaluate.formats import read_ctm, read_stm
-from evaluate.wer import score_files
+from evaluate.core.decode import ctc_viterbi, greedy_decode, timed_glosses
+from evaluate.core.formats import read_ctm, read_stm
+from evaluate.core.wer import score_files
 
 V = 8
 

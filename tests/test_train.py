@@ -191,8 +191,8 @@ def test_checkpoint_refuses_other_vocabulary_or_extractor(fusion_run, cache, tmp
 
 def test_eval_writes_ctm_and_report_matching_an_independent_decode(fusion_run, cache, tmp_path, capsys):
     from evaluate.eval import main as eval_main
-    from evaluate.formats import read_ctm
-    from evaluate.wer import score
+    from evaluate.core.formats import read_ctm
+    from evaluate.core.wer import score
 
     out = tmp_path / "eval"
     rc = eval_main(["--ckpt", str(fusion_run / "best.pt"), "--cache", str(cache),  # dataset: the checkpoint's

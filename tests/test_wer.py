@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from evaluate.align import align, format_alignment
-from evaluate.formats import (
+from evaluate.core.align import align, format_alignment
+from evaluate.core.formats import (
     FormatError,
     detect_format,
     read_ctm,
@@ -19,8 +19,9 @@ from evaluate.formats import (
     write_stm,
     write_text,
 )
-from evaluate.normalize import EMPTY, RULESETS, get_rules, normalize, normalize_gloss
-from evaluate.wer import ScoringError, main, score
+from evaluate.core.normalize import EMPTY, RULESETS, get_rules, normalize, normalize_gloss
+from evaluate.core.wer import ScoringError, score
+from evaluate.wer import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
