@@ -10,6 +10,8 @@ import pytest
 
 from preprocess import layouts
 from preprocess import synthsign as ss
+from preprocess.synthsign import cli as ss_cli
+from preprocess.synthsign import geometry as ss_geom
 
 HANDS = {"left": slice(*layouts.LEFT_HAND), "right": slice(*layouts.RIGHT_HAND)}
 
@@ -179,15 +181,15 @@ def test_face_contours_match_mediapipe():
     from mediapipe.python.solutions import face_mesh_connections as fm
 
     nodes = lambda conns: {i for e in conns for i in e}  # noqa: E731
-    assert set(ss.FACE_OVAL) == nodes(fm.FACEMESH_FACE_OVAL)
-    assert set(ss.LIPS_OUTER_UPPER + ss.LIPS_OUTER_LOWER + ss.LIPS_INNER_UPPER + ss.LIPS_INNER_LOWER) == nodes(
-        fm.FACEMESH_LIPS) == set(layouts.LIPS_40)
-    assert set(ss.RIGHT_EYE_UPPER + ss.RIGHT_EYE_LOWER) == nodes(fm.FACEMESH_RIGHT_EYE)
-    assert set(ss.LEFT_EYE_UPPER + ss.LEFT_EYE_LOWER) == nodes(fm.FACEMESH_LEFT_EYE)
-    assert set(sum(ss.RIGHT_BROW, ())) == nodes(fm.FACEMESH_RIGHT_EYEBROW)
+    assert set(ss_geom.FACE_OVAL) == nodes(fm.FACEMESH_FACE_OVAL)
+    lips = ss_geom.LIPS_OUTER_UPPER + ss_geom.LIPS_OUTER_LOWER + ss_geom.LIPS_INNER_UPPER + ss_geom.LIPS_INNER_LOWER
+    assert set(lips) == nodes(fm.FACEMESH_LIPS) == set(layouts.LIPS_40)
+    assert set(ss_geom.RIGHT_EYE_UPPER + ss_geom.RIGHT_EYE_LOWER) == nodes(fm.FACEMESH_RIGHT_EYE)
+    assert set(ss_geom.LEFT_EYE_UPPER + ss_geom.LEFT_EYE_LOWER) == nodes(fm.FACEMESH_LEFT_EYE)
+    assert set(sum(ss_geom.RIGHT_BROW, ())) == nodes(fm.FACEMESH_RIGHT_EYEBROW)
     # The oval is an ordered closed contour: consecutive points are MediaPipe's oval edges.
     edges = {frozenset(e) for e in fm.FACEMESH_FACE_OVAL}
-    ring = ss.FACE_OVAL + ss.FACE_OVAL[:1]
+    ring = ss_geom.FACE_OVAL + ss_geom.FACE_OVAL[:1]
     assert all(frozenset(p) in edges for p in zip(ring, ring[1:]))
 
 
@@ -302,7 +304,7 @@ def test_main_cli(tmp_path, capsys):
     assert ss.main(["--out", str(out), "--preset", "tiny", "--difficulty", "2", "--quiet"]) == 2
     assert "difficulty=2.0" in capsys.readouterr().err
     yaml_cfg = Path(__file__).resolve().parents[1] / "configs" / "synthsign" / "generator.yaml"
-    values = ss._load_yaml_config(str(yaml_cfg))
+    values = ss_cli._load_yaml_config(str(yaml_cfg))
     assert ss.preset(values.pop("preset"), **values) == ss.preset("default")
     bad = tmp_path / "bad.yaml"
     bad.write_text("num_trian: 3\n")
