@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from preprocess import cache
-from preprocess.features import FeatureConfig, Result, main, run_jobs, select
+from preprocess.features import FeatureConfig, Result, main, select
+from preprocess.pool import run_jobs
 from preprocess.flow import FlowConfig, compute_flow, quantize_flow
 from preprocess.manifest import Utterance
 from preprocess.video import read_frames, resize_crop
@@ -352,7 +353,7 @@ def test_worker_crash_fails_only_the_crashing_jobs():
 
 
 def test_fast_validity_check_agrees_with_the_cache_contract(tmp_path):
-    from preprocess.features import _hash_member, _is_valid
+    from preprocess.features.driver import _hash_member, _is_valid
 
     arrays = {"keypoints": np.zeros((3, 5, 3), np.float16), "keypoints_mask": np.ones((3, 5), bool)}
     good = tmp_path / "good.npz"

@@ -10,6 +10,7 @@ from preprocess.synthsign.config import SynthConfig
 from preprocess.synthsign.painter import Painter, background
 from preprocess.synthsign.signer import Signer
 
+
 class Camera:
     """Video degradation scaled by difficulty: blur, flicker of illumination, sensor noise, JPEG."""
 

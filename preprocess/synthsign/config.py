@@ -9,6 +9,7 @@ import numpy as np
 
 from preprocess.synthsign.lexicon import max_vocabulary
 
+
 FORMAT_VERSION = 1
 NUM_POINTS = 543  # MediaPipe Holistic: pose 33 + face 468 + left hand 21 + right hand 21
 SPLIT_NAMES = ("train", "dev", "test")

@@ -6,6 +6,7 @@ import numpy as np
 from preprocess import layouts
 from preprocess.synthsign.config import NUM_POINTS, SynthConfig
 
+
 _QUANT = 4096.0  # keypoints are stored on a 1/4096 grid: exact in float32, compresses better
 
 

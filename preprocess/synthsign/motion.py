@@ -15,6 +15,7 @@ from preprocess.synthsign.lexicon import (HAND_SHAPES, LOCATIONS, MOVE_DURATION,
                                           REST_POS, REST_ROLL, REST_SHAPE, Gloss)
 from preprocess.synthsign.signer import Signer
 
+
 CHANNELS = ("dom_x", "dom_y", "dom_roll", "dom_yaw", "nd_x", "nd_y", "nd_roll", "nd_yaw",
              "head_yaw", "mouth_open", "mouth_round")
 # State vector per frame: the channels above, then dominant shape (7), then non-dominant shape (7).

@@ -10,6 +10,7 @@ from preprocess.synthsign.geometry import (FACE_OVAL, LEFT_BROW, LEFT_EYE_LOWER,
                                            RIGHT_BROW, RIGHT_EYE_LOWER, RIGHT_EYE_UPPER)
 from preprocess.synthsign.signer import Signer, bgr, hsv_rgb
 
+
 _SHIFT = 4  # cv2 fixed-point bits: sub-pixel accurate drawing
 _AA = cv2.LINE_AA
 

@@ -23,6 +23,7 @@ from preprocess.synthsign.motion import plan_utterance
 from preprocess.synthsign.signer import Signer, make_signer
 from preprocess.synthsign.skeleton import skeleton
 
+
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Compressed npz with fixed zip timestamps: the same arrays always give the same bytes."""
     with zipfile.ZipFile(path, "w") as zf:
