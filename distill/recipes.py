@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from distill.losses import BLANK_MODES
+from models.augment import LandmarkAugmentConfig
 from models.data import AugmentConfig
-from models.students import STUDENT_KINDS, LandmarkAugmentConfig, StudentConfig
+from models.students import STUDENT_KINDS, StudentConfig
 from models.train import DataConfig, TrainConfig
 from preprocess.configs import ConfigError, from_dict, load_yaml, preset_dir, preset_names, preset_path
 

@@ -8,16 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from models.augment import LandmarkAugment, LandmarkAugmentConfig
 from models.base import InputSpec, out_length
 from models.encoders import normalise_keypoints
 from models.flops import count_macs, count_params, lrinet_card, main as flops_main
 from models.lrinet import LRINet, LRINetConfig, first_kernel, tscm
-from models.students import (
-    LandmarkAugment,
-    LandmarkAugmentConfig,
-    StudentConfig,
-    build_student,
-)
+from models.students import StudentConfig, build_student
 from preprocess.layouts import HOLISTIC_543, LEFT_HAND, RIGHT_HAND
 
 HOLISTIC = InputSpec(num_keypoints=543, keypoint_layout=HOLISTIC_543)

@@ -12,10 +12,10 @@ import torch
 from distill.teacher_cache import (StaleTeacherCache, StudentDataset, TeacherCache, align_to_student,
                                    prepare_teacher_cache, projection, rescale_index, student_collate,
                                    teacher_fingerprint)
+from models.augment import LandmarkAugmentConfig
 from models.build import ModelConfig, build_model
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data import AugmentConfig, CacheDataset, collate, meta_config
-from models.students import LandmarkAugmentConfig
 from preprocess import cache as cache_lib
 from test_data import DATASET, make_tiny_cache
 
