@@ -74,7 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 

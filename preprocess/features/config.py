@@ -1,5 +1,8 @@
-"""What a feature run stores (``FeatureConfig``), shares with every worker (``Plan``) and reports
-per utterance (``Result``)."""
+"""The types of a feature run: what it stores, what every worker shares, what each job reports.
+
+``FeatureConfig`` (hashed into every cache file), ``Plan`` (dataset-wide decisions, picklable)
+and ``Result`` (one utterance's outcome, sent back from the worker).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -7,7 +10,6 @@ from typing import Any, Mapping
 
 from preprocess.configs import UserError, check_keys, from_dict
 from preprocess.flow import FlowConfig
-
 
 LANDMARK_MODES = ("auto", "mediapipe", "file", "none")
 STAGES = ("decode", "landmarks", "flow", "write")

@@ -145,7 +145,6 @@ def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*.npz") if f.is_file())
 
 
-
 CLI_FIELDS = ("rgb_size", "landmarks", "flow_method", "flow_size", "flow_dtype", "flow_clip",
               "raft_weights", "device", "max_frames")
 

@@ -54,7 +54,6 @@ def init_worker(plan: Plan, driver_pid: int | None = None) -> None:
             _WORKER["init_error"] = f"MediaPipe could not start ({type(e).__name__}: {e})"
 
 
-
 def _open_extractor():
     from preprocess.landmarks import HolisticExtractor
 
@@ -96,7 +95,6 @@ def finish_job(loaded: "Loaded | Result") -> Result:
 def extract_job(utt: Utterance) -> Result:
     """Extract one utterance in a pool worker; never raises (a failure travels back as a Result)."""
     return finish_job(load_job(utt))
-
 
 
 def resolve_path(path: str | None, root: str) -> Path | None:
