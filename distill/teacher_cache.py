@@ -58,10 +58,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from models.base import TIME_REDUCTION, InputSpec
-from models.checkpoint import check_compatible, checkpoint_streams
+from models.checkpoint import Checkpoint, check_compatible
 from models.ensemble import checkpoint_paths, load_ensemble
 from models.data import AugmentConfig, BucketBatchSampler, CacheDataset, collate
-from evaluate.core.decode import greedy_decode
+from evaluate.core.decode import decode_outputs
 from models.students import LandmarkAugment, LandmarkAugmentConfig
 from preprocess import cache as cache_lib
 from preprocess.configs import UserError
@@ -81,16 +81,17 @@ class StaleTeacherCache(UserError):
 # ------------------------------------------------------------------------------ fingerprints
 
 
-def teacher_fingerprint(ckpt: Mapping[str, Any]) -> str:
+def teacher_fingerprint(ckpt: Checkpoint) -> str:
     """sha256 (first 16 hex digits) of a checkpoint's model: config, vocabulary, spec and weights
     (of every member, in order, for an ensemble)."""
-    if ckpt.get("members"):
-        return hashlib.sha256("+".join(teacher_fingerprint(m) for m in ckpt["members"]).encode()).hexdigest()[:16]
+    if ckpt.members:
+        return hashlib.sha256("+".join(teacher_fingerprint(m) for m in ckpt.members).encode()).hexdigest()[:16]
     h = hashlib.sha256()
-    meta = {k: ckpt.get(k) for k in ("model_config", "student_config", "input_spec", "vocab", "crop_size", "streams")}
+    # the saved entries as written (so existing caches keep their fingerprint)
+    meta = {k: ckpt.raw.get(k) for k in ("model_config", "student_config", "input_spec", "vocab", "crop_size", "streams")}
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
-    for name in sorted(ckpt["model"]):
-        t = ckpt["model"][name].detach().cpu().contiguous()
+    for name in sorted(ckpt.weights):
+        t = ckpt.weights[name].detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes, whatever the dtype
     return h.hexdigest()[:16]
@@ -265,11 +266,11 @@ def prepare_teacher_cache(teacher: str | os.PathLike | Sequence[str | os.PathLik
     out_dir = Path(out_dir)
     paths = checkpoint_paths(teacher)
     model, ckpt = load_ensemble(paths, device)
-    for p, member in zip(paths, ckpt.get("members") or [ckpt]):
+    for p, member in zip(paths, ckpt.members or [ckpt]):
         check_compatible(member, cache_root, dataset, ckpt_name=f"teacher {p}")
     teacher = ",".join(str(p) for p in paths)
-    streams = checkpoint_streams(ckpt)
-    crop = int(ckpt.get("crop_size") or 0)
+    streams = ckpt.streams
+    crop = int(ckpt.raw.get("crop_size") or 0)
     ds = CacheDataset(cache_root, dataset, split, streams, augment=None, crop_size=crop, require_targets=False)
     utts = {u.id: int(n) for u, n in zip(ds.utts, ds.lengths)}
     teacher_fp = teacher_fingerprint(ckpt)
@@ -286,7 +287,7 @@ def prepare_teacher_cache(teacher: str | os.PathLike | Sequence[str | os.PathLik
             log.info("rebuilding the stale teacher-output cache %s", out_dir)
             existing.index_path.unlink()
 
-    spec = InputSpec(**ckpt["input_spec"])
+    spec = ckpt.spec
     rates = feature_rates(probe(model, spec, streams), PROBE_FRAMES, features, f"teacher {teacher}")
     fingerprint = f"{teacher_fp}-{data_fp}"
     sampler = BucketBatchSampler(ds.lengths, batch_size, shuffle=False)
@@ -300,8 +301,7 @@ def prepare_teacher_cache(teacher: str | os.PathLike | Sequence[str | os.PathLik
         if not todo and dims:
             continue  # an interrupted build left these; dims are known from an earlier batch
         out = model({k: v.to(device) for k, v in inputs.items()}, lengths.to(device))
-        logp = out.main.float().log_softmax(-1).cpu()  # [B, T', V]
-        decoded = greedy_decode(logp, out.out_lengths.cpu())
+        decoded = decode_outputs(out.main, out.out_lengths, ckpt.vocab)  # greedy
         feats = {name: out.features[name].float().cpu() for name in features}  # [B, T or T', D]
         for name, x in feats.items():
             if name not in dims:
@@ -313,8 +313,8 @@ def prepare_teacher_cache(teacher: str | os.PathLike | Sequence[str | os.PathLik
                               "projection": "gaussian_random" if k < d else None}
         for j in todo:
             t, tp = int(lengths[j]), int(out.out_lengths[j])
-            arrays = {"logits": logp[j, :tp].numpy().astype(np.float16),
-                      "correct": np.array(decoded[j] == list(targets[ids[j]]))}
+            arrays = {"logits": decoded[j].log_probs[:tp].astype(np.float16),
+                      "correct": np.array(decoded[j].ids == list(targets[ids[j]]))}
             for name, x in feats.items():
                 a = x[j, : (t if rates[name] == "frame" else tp)].numpy()
                 if name in projections:
@@ -326,7 +326,7 @@ def prepare_teacher_cache(teacher: str | os.PathLike | Sequence[str | os.PathLik
         "format": FORMAT, "teacher_path": str(teacher), "teacher_fingerprint": teacher_fp,
         "data_fingerprint": data_fp, "data": {"dataset": dataset, "split": split, "crop_size": crop,
                                               "config_hash": ds.meta.get("config_hash"), "reduce_dim": reduce_dim},
-        "level": "main", "vocab_size": len(ckpt["vocab"]), "features": dims, "utts": utts,
+        "level": "main", "vocab_size": len(ckpt.vocab), "features": dims, "utts": utts,
     }
     atomic_write_text(out_dir / "index.json", json.dumps(index, indent=1) + "\n")
     log.info("teacher outputs of %d %s utterances written to %s (%d reused)", done, split, out_dir, len(utts) - done)

@@ -45,8 +45,9 @@ from distill.teacher_cache import (StudentDataset, TeacherCache, prepare_teacher
                                    teacher_fingerprint)
 from models.ensemble import checkpoint_paths, load_ensemble
 from models.base import TIME_REDUCTION, InputSpec, ModelOutput
-from models.checkpoint import check_compatible, checkpoint_streams, load_checkpoint, load_model, remove_stale_temps
+from models.checkpoint import Checkpoint, check_compatible, load_checkpoint, load_model, remove_stale_temps
 from models.data import BucketBatchSampler, CacheDataset, collate, input_spec
+from models.decoding import decode_dataset
 from models.students import build_student
 from models.train import RunConfig, TrainHooks, TrainingStopped, load_config, read_metrics, train
 from preprocess import cache as cache_lib
@@ -105,12 +106,12 @@ def check_time_reduction(teacher: nn.Module, teacher_spec: InputSpec, teacher_st
             f"distil from a teacher with the student's reduction (models.base.TIME_REDUCTION = {TIME_REDUCTION})")
 
 
-def check_online_teacher(recipe: Recipe, teacher: nn.Module, tckpt: dict[str, Any], spec: InputSpec,
+def check_online_teacher(recipe: Recipe, teacher: nn.Module, tckpt: Checkpoint, spec: InputSpec,
                          streams: Sequence[str], name: str) -> nn.Module:
     """The teacher, frozen, once it is known to read exactly the student's inputs (it runs on them)."""
-    tstreams = checkpoint_streams(tckpt)
-    if not set(tstreams) <= set(streams) or InputSpec(**tckpt["input_spec"]) != spec:
-        raise UserError(f"teacher {name} reads {list(tstreams)} ({tckpt['input_spec']}) but the student "
+    tstreams = tckpt.streams
+    if not set(tstreams) <= set(streams) or tckpt.spec != spec:
+        raise UserError(f"teacher {name} reads {list(tstreams)} ({asdict(tckpt.spec)}) but the student "
                         f"{list(streams)} ({asdict(spec)}); an online teacher (teacher.online) must read the "
                         "student's inputs: cache its outputs instead (teacher.online: false)")
     if recipe.kd.only_correct:
@@ -308,16 +309,14 @@ class SegmentDataset(Dataset):
 
 
 @torch.no_grad()
-def decode_split(model: nn.Module, ckpt: dict[str, Any], cache: str, dataset: str, split: str,
+def decode_split(model: nn.Module, ckpt: Checkpoint, cache: str, dataset: str, split: str,
                  beam: int) -> dict[str, list[str]] | None:
     """Hypotheses of a split (None when the split has no cached utterance)."""
-    from evaluate.eval import decode_dataset
-
-    ds = CacheDataset(cache, dataset, split, checkpoint_streams(ckpt), augment=None,
-                      crop_size=int(ckpt.get("crop_size") or 0), require_targets=False)
+    ds = CacheDataset(cache, dataset, split, ckpt.streams, augment=None, crop_size=ckpt.crop_size,
+                      require_targets=False)
     if len(ds) == 0:
         return None
-    return decode_dataset(model, ds, Vocabulary(tuple(ckpt["vocab"])), beam=beam)
+    return decode_dataset(model, ds, ckpt.vocab, beam=beam)
 
 
 def evaluate_run(recipe: Recipe, best: Path, out_dir: Path, kd: bool) -> dict[str, Any]:
@@ -333,9 +332,9 @@ def evaluate_run(recipe: Recipe, best: Path, out_dir: Path, kd: bool) -> dict[st
     refs = {u.id: list(u.glosses) for u in manifest}
     results: dict[str, Any] = {
         "recipe": recipe.name, "method": recipe.method, "mode": "kd" if kd else "ctc", "student": recipe.kind,
-        "checkpoint": str(best), "epoch": ckpt["epoch"], "params": sum(p.numel() for p in model.parameters()),
-        "size_bytes": sum(v.numel() * v.element_size() for v in ckpt["model"].values()),
-        "teacher": ckpt.get("teacher"), "beam": recipe.eval_beam, "splits": {},
+        "checkpoint": str(best), "epoch": ckpt.epoch, "params": sum(p.numel() for p in model.parameters()),
+        "size_bytes": sum(v.numel() * v.element_size() for v in ckpt.weights.values()),
+        "teacher": ckpt.raw.get("teacher"), "beam": recipe.eval_beam, "splits": {},
     }
     hyps: dict[str, dict[str, list[str]]] = {}
     for split in ("dev", "test"):
@@ -350,7 +349,7 @@ def evaluate_run(recipe: Recipe, best: Path, out_dir: Path, kd: bool) -> dict[st
     if recipe.correction is not None and hyps:
         from distill.correction import CorrectionConfig, confusions_from_hypotheses, correct, train_corrector
 
-        vocab = Vocabulary(tuple(ckpt["vocab"]))
+        vocab = Vocabulary(ckpt.vocab)
         settings = dict(recipe.correction)
         confusions = None
         if settings.pop("confusions", False):  # practise on the substitutions this student makes
@@ -404,10 +403,10 @@ def run_recipe(recipe: Recipe, out_dir: str | os.PathLike, teacher: str | Sequen
         given = [None] if teacher is None else [str(p) for p in checkpoint_paths(teacher)]  # several: an ensemble
         tpath = [resolve_teacher(recipe, p, dc.cache, train_teacher, device) for p in given]
         tmodel, tckpt = load_ensemble(tpath)
-        for p, member in zip(tpath, tckpt.get("members") or [tckpt]):
+        for p, member in zip(tpath, tckpt.members or [tckpt]):
             check_compatible(member, dc.cache, dc.dataset, ckpt_name=f"teacher {p}")
         tname = ",".join(map(str, tpath))
-        check_time_reduction(tmodel, InputSpec(**tckpt["input_spec"]), checkpoint_streams(tckpt), probe_student,
+        check_time_reduction(tmodel, tckpt.spec, tckpt.streams, probe_student,
                              spec, streams, tname)
         teacher_info = {"path": tname, "fingerprint": teacher_fingerprint(tckpt), "online": recipe.teacher.online}
         warn_if_teacher_weaker(tpath, out_dir)
@@ -447,9 +446,9 @@ def run_recipe(recipe: Recipe, out_dir: str | os.PathLike, teacher: str | Sequen
             model = build_recipe_student(student_dict, n, s)
             if init is not None:
                 state = load_checkpoint(init)
-                model.load_state_dict(state["model"])
-                if projectors is not None and "extra_modules" in state:
-                    projectors.load_state_dict(state["extra_modules"])
+                model.load_state_dict(state.weights)
+                if projectors is not None and "extra_modules" in state.raw:
+                    projectors.load_state_dict(state.raw["extra_modules"])
             return model
 
         lm_aug = recipe.landmark_augment

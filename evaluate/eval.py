@@ -18,77 +18,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import torch
-from torch import Tensor, nn
-from torch.utils.data import DataLoader
-
-from evaluate.core.decode import GlossLM, TimedGloss, beam_decode, greedy_decode, timed_glosses
+from evaluate.core.decode import GlossLM, TimedGloss
 from evaluate.core.normalize import RULE_NAMES
 from models.base import TIME_REDUCTION
-from models.checkpoint import check_compatible, checkpoint_streams
+from models.decoding import decode_dataset
 from models.ensemble import checkpoint_paths, load_ensemble
-from models.data import BucketBatchSampler, CacheDataset, collate, meta_config
-from preprocess.cache import read_meta
 from preprocess.device import DEVICE_CHOICES, resolve_device
 from preprocess.configs import UserError, print_user_error
 from preprocess.manifest import atomic_write_text, read_manifest
 from preprocess.vocab import Vocabulary
-
-
-def decode_log_probs(log_probs: Tensor, lengths: Tensor, beam: int = 1, lm: GlossLM | None = None,
-                     tokens: Sequence[str] | None = None, lm_weight: float = 0.5) -> list[list[int]]:
-    """Label ids per utterance: greedy when ``beam <= 1`` and no LM, else prefix beam search.
-
-    Args:
-        log_probs: [B, T', V] log-probabilities (blank = 0).
-        lengths: [B] valid steps.
-        lm, tokens, lm_weight: gloss LM, the id -> gloss table it needs, and its scale.
-    """
-    if beam <= 1 and lm is None:
-        return greedy_decode(log_probs, lengths, blank=0)
-    return beam_decode(log_probs, lengths, beam=max(beam, 1), lm=lm, lm_weight=lm_weight, tokens=tokens)
-
-
-@torch.no_grad()
-def decode_dataset(model: nn.Module, dataset: CacheDataset, vocab: Vocabulary, device: str | torch.device = "cpu",
-                   beam: int = 1, batch_size: int = 8, lm: GlossLM | None = None, lm_weight: float = 0.5,
-                   num_workers: int = 0, timings: dict[str, list[TimedGloss]] | None = None) -> dict[str, list[str]]:
-    """Hypothesis glosses for every utterance of ``dataset``, decoded in length-sorted batches.
-
-    ``timings``, when given, receives each utterance's glosses placed in time (output steps).
-    """
-    model.eval()
-    sampler = BucketBatchSampler(dataset.lengths, batch_size, shuffle=False)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
-    hyps: dict[str, list[str]] = {}
-    for inputs, lengths, _, _, ids in loader:
-        out = model({k: v.to(device) for k, v in inputs.items()}, lengths.to(device))
-        log_probs = out.main.float().log_softmax(-1).cpu()  # [B, T', V]
-        seqs = decode_log_probs(log_probs, out.out_lengths.cpu(), beam=beam, lm=lm, tokens=vocab.tokens,
-                                lm_weight=lm_weight)
-        for i, (utt, seq) in enumerate(zip(ids, seqs)):
-            hyps[utt] = vocab.decode(seq)
-            if timings is not None:
-                n = int(out.out_lengths[i])
-                timings[utt] = timed_glosses(log_probs[i, :n].numpy(), seq)
-    return {u.id: hyps[u.id] for u in dataset.utts}  # manifest order
-
-
-def checkpoint_dataset(state: dict, cache: str | os.PathLike, dataset: str | None, split: str,
-                       ckpt_name: str) -> CacheDataset:
-    """The cached ``split`` as the checkpoint's model reads it (its streams and evaluation crop), after
-    checking the cache matches it. ``dataset`` defaults to the one the checkpoint was trained on."""
-    dataset = dataset or (state.get("cache") or {}).get("dataset")
-    if not dataset:
-        raise ValueError(f"{ckpt_name}: the checkpoint does not name its dataset; pass --dataset")
-    check_compatible(state, cache, dataset, ckpt_name=ckpt_name)
-    crop = state.get("crop_size")
-    if crop is None:  # not saved by every trainer: a spec smaller than the cache means a center crop
-        cached = int(meta_config(read_meta(cache, dataset)).get("rgb_size") or 0)
-        spec_rgb = int(state["input_spec"].get("rgb_size") or 0)
-        crop = spec_rgb if 0 < spec_rgb < cached else 0
-    return CacheDataset(cache, dataset, split, checkpoint_streams(state), augment=None,
-                        crop_size=int(crop), require_targets=False)
 
 
 def evaluate(ckpt: str | os.PathLike | Sequence[str | os.PathLike], cache: str | os.PathLike, dataset: str | None = None, split: str = "dev",
@@ -107,15 +45,15 @@ def evaluate(ckpt: str | os.PathLike | Sequence[str | os.PathLike], cache: str |
     paths = checkpoint_paths(ckpt)  # several: their ensemble (mean posterior) is decoded
     model, state = load_ensemble(paths, device)
     ckpt = paths[0]
-    ds = checkpoint_dataset(state, cache, dataset, split, ",".join(map(str, paths)))
+    ds = state.dataset_split(cache, split, dataset, name=",".join(map(str, paths)))
     dataset = ds.dataset
-    rules = rules or state.get("train_config", {}).get("rules") or "none"
+    rules = rules or state.rules
     if len(ds) == 0:
         raise ValueError(f"{ds.root}: split {split!r} has no cached utterances to evaluate; "
                          f"check --split or run `make features DATASET={dataset}`")
-    vocab = Vocabulary(tuple(state["vocab"]))
+    vocab = Vocabulary(state.vocab)
     timings: dict[str, list[TimedGloss]] = {}
-    hyps = decode_dataset(model, ds, vocab, device, beam=beam, batch_size=batch_size, lm=lm, lm_weight=lm_weight,
+    hyps = decode_dataset(model, ds, vocab.tokens, device, beam=beam, batch_size=batch_size, lm=lm, lm_weight=lm_weight,
                           timings=timings)
     # Every utterance of the split is scored: one without a valid cache file is an [EMPTY] hypothesis
     # (the official rule for a missing hypothesis), so the reference never shrinks.

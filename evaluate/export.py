@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from models.base import TIME_REDUCTION, InputSpec
 from models.build import ExportWrapper
+from models.checkpoint import Checkpoint, model_input_names
 
 PROJECT = "signdistill"
 INPUT_ORDER = ("rgb", "keypoints", "keypoints_mask", "flow")  # positional order in every export
@@ -61,23 +62,6 @@ def _project_version() -> str:
         return version(PROJECT)
     except Exception:  # an un-installed checkout still exports
         return "unknown"
-
-
-def model_input_names(config: Mapping[str, Any]) -> tuple[str, ...]:
-    """Input tensor names a model built from ``config`` reads, in export order.
-
-    Works for ``models.build.ModelConfig`` dicts (``streams``) and ``models.students.StudentConfig``
-    dicts (``kind``); a keypoint stream always brings ``keypoints_mask``.
-    """
-    if "streams" in config:
-        streams = list(config["streams"])
-    elif "kind" in config:
-        streams = ["keypoints"] if config["kind"] == "landmark" else ["rgb"]
-    else:
-        raise ValueError(f"model config has neither 'streams' nor 'kind' (keys: {sorted(config)}); "
-                         "pass input_names explicitly")
-    wanted = set(streams) | ({"keypoints_mask"} if "keypoints" in streams else set())
-    return tuple(n for n in INPUT_ORDER if n in wanted)
 
 
 def example_inputs(input_names: Sequence[str], spec: InputSpec, lengths: Sequence[int],
@@ -427,9 +411,9 @@ class LoadedModel:
     preprocess: dict[str, Any]  # what a deployer repeats before the model (see ``preprocess_info``)
 
 
-def preprocess_info(ckpt: Mapping[str, Any], spec: InputSpec) -> dict[str, Any]:
+def preprocess_info(ckpt: Checkpoint) -> dict[str, Any]:
     """Deployment preprocessing from a checkpoint: RGB resized like the cache, then centre-cropped to the spec."""
-    cache_cfg = dict((ckpt.get("cache") or {}).get("config") or {})
+    cache_cfg, spec = ckpt.cache_config, ckpt.spec
     info: dict[str, Any] = {}
     if spec.rgb_size:
         info["rgb_resize"] = int(cache_cfg.get("rgb_size") or spec.rgb_size)
@@ -442,41 +426,20 @@ def preprocess_info(ckpt: Mapping[str, Any], spec: InputSpec) -> dict[str, Any]:
 def load_checkpoint_model(path: str | os.PathLike) -> LoadedModel:
     """Rebuild a teacher (``ModelConfig``) or a student (``StudentConfig``: its config has ``kind``, or
     the checkpoint a ``student_config`` entry)."""
-    from models.checkpoint import load_checkpoint
+    from models.checkpoint import load_model
 
-    ckpt = load_checkpoint(path)
-    spec = InputSpec(**ckpt["input_spec"])
-    vocab = tuple(ckpt["vocab"])
-    student_cfg = ckpt.get("student_config")
-    if student_cfg is None and "kind" in ckpt["model_config"]:
-        student_cfg = ckpt["model_config"]
-    if student_cfg is not None:
-        from models.students import StudentConfig, build_student
-
-        config = dict(student_cfg)
-        model = build_student(StudentConfig.from_dict(config), len(vocab), spec)
-        model.load_state_dict(ckpt["model"])
-        model.eval()
-    else:
-        from models.checkpoint import load_model
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            model, ckpt = load_model(path)
-        config = dict(ckpt["model_config"])
-    return LoadedModel(model, spec, vocab, config, model_input_names(config), preprocess_info(ckpt, spec))
+    model, ckpt = load_model(path)
+    return LoadedModel(model, ckpt.spec, ckpt.vocab, ckpt.config, ckpt.input_names, preprocess_info(ckpt))
 
 
 def cached_inputs(ckpt_path: str | os.PathLike, cache: str | os.PathLike, split: str = "dev",
                   max_utts: int = 16) -> tuple[dict[str, Tensor], Tensor, str]:
     """Up to ``max_utts`` real utterances of a cached split, batched as the model reads them
     (its streams and evaluation crop); returns (inputs, lengths, where they came from)."""
-    from evaluate.eval import checkpoint_dataset
     from models.checkpoint import load_checkpoint
     from models.data import collate
 
-    state = load_checkpoint(ckpt_path)
-    ds = checkpoint_dataset(state, cache, None, split, str(ckpt_path))
+    ds = load_checkpoint(ckpt_path).dataset_split(cache, split)
     if len(ds) == 0:
         raise ValueError(f"{ds.root}: split {split!r} has no cached utterances to compare int8 on; "
                          "pass --compare-split or --cache")
@@ -547,15 +510,13 @@ def model_card(ckpt_path: str | os.PathLike, loaded: "LoadedModel", files: Mappi
     from models.checkpoint import load_checkpoint
 
     state = load_checkpoint(ckpt_path)
-    cache = state.get("cache") or {}
-    cache_cfg = dict(cache.get("config") or {})
-    train_cfg = dict(state.get("train_config") or {})
+    cache_cfg, train_cfg = state.cache_config, state.train_config
     return {
         "model": Path(ckpt_path).parent.name,
         "checkpoint": str(ckpt_path),
-        "epoch": state.get("epoch"),
-        "dev_wer_at_selection": state.get("best"),
-        "kind": "student" if state.get("student_config") or "kind" in loaded.config else "teacher",
+        "epoch": state.epoch,
+        "dev_wer_at_selection": state.best,
+        "kind": state.kind,
         "config": loaded.config,
         "vocabulary_size": len(loaded.vocab),
         "blank": loaded.vocab[0],
@@ -565,10 +526,10 @@ def model_card(ckpt_path: str | os.PathLike, loaded: "LoadedModel", files: Mappi
         # landmark selection/normalisation runs inside the graph; these settings say which
         "normalisation": {k: v for k, v in loaded.config.items() if k.startswith("keypoint_") and k != "keypoint_dim"},
         "time_reduction": TIME_REDUCTION,
-        "training_data": {"dataset": cache.get("dataset"),
+        "training_data": {"dataset": state.dataset,
                           **{k: cache_cfg[k] for k in ("landmark_source", "rgb_size", "keypoint_layout", "config_hash",
                                                        "flow") if k in cache_cfg}},
-        "recipe": state.get("recipe") or {k: train_cfg[k] for k in ("epochs", "batch_size", "lr", "optimizer",
+        "recipe": state.raw.get("recipe") or {k: train_cfg[k] for k in ("epochs", "batch_size", "lr", "optimizer",
                                                                      "schedule", "level_weights", "rules")
                                           if k in train_cfg},
         "results": _run_results(Path(ckpt_path)),
@@ -697,7 +658,7 @@ def _checkpoint_cache(ckpt_path: str | os.PathLike) -> str | None:
     """The cache root the checkpoint was trained from, as its training config recorded it."""
     from models.checkpoint import load_checkpoint
 
-    return (load_checkpoint(ckpt_path).get("data_config") or {}).get("cache")
+    return (load_checkpoint(ckpt_path).raw.get("data_config") or {}).get("cache")
 
 
 def _mb(path: Path) -> str:

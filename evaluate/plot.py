@@ -341,12 +341,11 @@ def utterance_log_probs(ckpt: str | os.PathLike, cache: str | os.PathLike, split
     """(log-probabilities [T', V] of the valid steps, the utterance, the vocabulary) for one cached utterance."""
     import torch
 
-    from evaluate.eval import checkpoint_dataset
     from models.checkpoint import load_model
     from models.data import collate
 
     model, state = load_model(ckpt, "cpu")
-    ds = checkpoint_dataset(state, cache, dataset, split, str(ckpt))
+    ds = state.dataset_split(cache, split, dataset)
     ids = [u.id for u in ds.utts]
     if not ids:
         raise ValueError(f"{ds.root}: split {split!r} has no cached utterances; check --split")
@@ -358,20 +357,18 @@ def utterance_log_probs(ckpt: str | os.PathLike, cache: str | os.PathLike, split
     with torch.no_grad():
         o = model(inputs, lengths)
     n = int(o.out_lengths[0])
-    return o.main[0, :n].float().log_softmax(-1).numpy(), ds.utts[i], tuple(state["vocab"])
+    return o.main[0, :n].float().log_softmax(-1).numpy(), ds.utts[i], state.vocab
 
 
 def plot_cached_utterance(ckpt: str | os.PathLike, cache: str | os.PathLike, out: str | os.PathLike,
                           split: str = "dev", utt: str | None = None, beam: int = 10, svg: bool = False,
                           dataset: str | None = None) -> Path:
     """:func:`plot_utterance` of one cached utterance decoded by a checkpoint (as evaluate.eval decodes it)."""
-    import torch
-
-    from evaluate.eval import decode_log_probs
+    from evaluate.core.decode import decode_outputs
     from models.base import TIME_REDUCTION
 
     lp, u, vocab = utterance_log_probs(ckpt, cache, split, utt, dataset)
-    ids = decode_log_probs(torch.from_numpy(lp)[None], torch.tensor([len(lp)]), beam=beam, tokens=vocab)[0]
+    ids = decode_outputs(lp[None], [len(lp)], vocab, beam=beam)[0].ids  # log_softmax leaves log-probabilities as they are
     return plot_utterance(lp, vocab, ids, u.glosses, out, svg, title=f"{u.id} ({Path(ckpt).parent.name}, beam {beam})",
                           seconds_per_step=TIME_REDUCTION / u.fps)
 

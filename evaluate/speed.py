@@ -23,11 +23,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from models.base import InputSpec
+
+if TYPE_CHECKING:
+    from models.checkpoint import Checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLIP = "clips/wlasl_68011_book.mp4"  # under ../shared (or $SIGNDISTILL_SHARED)
@@ -266,7 +269,7 @@ def time_training(model: Any, batches: Iterable[Sequence[Any]], tc: Any, device:
             "amp": None if amp is None else str(amp).removeprefix("torch.")}
 
 
-def training_clips_per_s(model: Any, ckpt: dict[str, Any], cache: str | os.PathLike, dataset: str | None = None,
+def training_clips_per_s(model: Any, ckpt: Checkpoint, cache: str | os.PathLike, dataset: str | None = None,
                          batches: int = 10, warmup: int = 1, threads: int | None = None) -> float:
     """Training throughput of a checkpoint's model, clips per second, measured now.
 
@@ -285,13 +288,11 @@ def training_clips_per_s(model: Any, ckpt: dict[str, Any], cache: str | os.PathL
 
     if batches < 1 or warmup < 0:
         raise ValueError(f"batches must be >= 1 and warmup >= 0, got {batches}, {warmup}")
-    tc = TrainConfig(**{k: v for k, v in (ckpt.get("train_config") or {}).items()
-                        if k in TrainConfig.__dataclass_fields__})
-    data = ckpt.get("data_config") or {}
-    streams = list(ckpt.get("streams") or data.get("streams") or [])
+    tc = TrainConfig(**{k: v for k, v in ckpt.train_config.items() if k in TrainConfig.__dataclass_fields__})
+    data = ckpt.raw.get("data_config") or {}
     aug = AugmentConfig(**(data.get("augment") or {}))
-    ds = CacheDataset(cache, dataset or (ckpt.get("cache") or {}).get("dataset") or data.get("dataset"),
-                      data.get("train_split", "train"), streams, aug, seed=int(tc.seed))
+    ds = CacheDataset(cache, dataset or ckpt.dataset or data.get("dataset"),
+                      data.get("train_split", "train"), ckpt.streams, aug, seed=int(tc.seed))
     order = list(BucketBatchSampler(ds.lengths, tc.batch_size, shuffle=True, seed=int(tc.seed)))
     if len(order) < warmup + batches:
         raise ValueError(f"the training split has {len(order)} batches of {tc.batch_size}; "

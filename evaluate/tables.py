@@ -34,13 +34,16 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import yaml
 
 from preprocess.configs import preset_dir
 from preprocess.manifest import atomic_write_text
+
+if TYPE_CHECKING:
+    from models.checkpoint import Checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TEACHER_RUNS = Path("exp") / "teachers"
@@ -137,8 +140,6 @@ def _one_line(e: BaseException) -> str:
 def teacher_row(run: str | os.PathLike, s: Settings) -> dict[str, Any]:
     """One teacher run (a folder with ``best.pt``) measured: size, speed, training rate, dev/test WER."""
     from evaluate.eval import evaluate
-    from evaluate.export import model_input_names
-    from models.base import InputSpec
     from models.build import count_parameters
     from models.checkpoint import load_model
     from models.train import read_metrics
@@ -146,18 +147,18 @@ def teacher_row(run: str | os.PathLike, s: Settings) -> dict[str, Any]:
     run = Path(run)
     best = run / "best.pt"
     model, ckpt = load_model(best)
-    cfg = dict(ckpt["model_config"])
-    streams = list(ckpt.get("streams") or cfg.get("streams") or [])
+    cfg = ckpt.config
+    streams = list(ckpt.streams)
     metrics = read_metrics(run / "metrics.jsonl")
-    planned = int((ckpt.get("train_config") or {}).get("epochs") or 0) or None
-    trained = max((int(r["epoch"]) for r in metrics), default=int(ckpt.get("epoch") or 0))
+    planned = int(ckpt.train_config.get("epochs") or 0) or None
+    trained = max((int(r["epoch"]) for r in metrics), default=int(ckpt.epoch or 0))
     row: dict[str, Any] = {
         "name": run.name, "run": str(run), "checkpoint": str(best),
         "streams": streams, "fusion": str(cfg.get("fusion", "none")), "fused": len(streams) > 1,
         "parameters": count_parameters(model), "train_clips_per_s": median_clips_per_s(metrics),
-        "epochs": trained, "epochs_planned": planned, "best_epoch": ckpt.get("epoch"),
+        "epochs": trained, "epochs_planned": planned, "best_epoch": ckpt.epoch,
         "training": bool(planned and trained < planned),
-        "ms_per_clip": time_model(model, InputSpec(**ckpt["input_spec"]), model_input_names(cfg), s),
+        "ms_per_clip": time_model(model, ckpt.spec, ckpt.input_names, s),
         "notes": [],
     }
     row["train_clips_per_s_log"] = row["train_clips_per_s"]
@@ -304,44 +305,15 @@ def train_command(recipe: str, kd: bool, runs: Path, cache: str) -> str:
     return cmd
 
 
-def student_wer(model: torch.nn.Module, ckpt: dict[str, Any], cache: str, dataset: str | None, split: str,
-                beam: int, out: Path) -> dict[str, Any]:
-    """Decode and score one split with an already loaded student (what ``evaluate.eval.evaluate`` does,
-    for students it cannot rebuild); writes the CTM and report under ``out``."""
-    from evaluate.eval import decode_dataset
-    from evaluate.core.formats import write_ctm
-    from evaluate.core.wer import format_report, score
-    from models.checkpoint import check_compatible, checkpoint_streams
-    from models.data import CacheDataset
-    from preprocess.vocab import Vocabulary
-
-    dataset = dataset or (ckpt.get("cache") or {}).get("dataset")
-    if not dataset:
-        raise ValueError("the checkpoint does not name its dataset; pass --dataset")
-    check_compatible(ckpt, cache, dataset)
-    ds = CacheDataset(cache, dataset, split, checkpoint_streams(ckpt), augment=None,
-                      crop_size=int(ckpt.get("crop_size") or 0), require_targets=False)
-    if len(ds) == 0:
-        raise ValueError(f"{ds.root}: split {split!r} has no cached utterances")
-    hyps = decode_dataset(model, ds, Vocabulary(tuple(ckpt["vocab"])), beam=beam)
-    result = score(hyps, {u.id: list(u.glosses) for u in ds.utts},
-                   (ckpt.get("train_config") or {}).get("rules") or "none")
-    write_ctm(out / f"{split}.ctm", hyps)
-    atomic_write_text(out / f"{split}.report.txt", format_report(result) + "\n")
-    return result.to_dict()
-
-
-def int8_figures(model: torch.nn.Module, ckpt: dict[str, Any], s: Settings) -> tuple[int, float]:
+def int8_figures(model: torch.nn.Module, ckpt: Checkpoint, s: Settings) -> tuple[int, float]:
     """(int8 ONNX bytes, its ms per clip): export + dynamic int8 quantisation in a temporary folder."""
-    from evaluate.export import export_onnx, model_input_names, preprocess_info, quantize_int8
+    from evaluate.export import export_onnx, preprocess_info, quantize_int8
     from evaluate.speed import measure
-    from models.base import InputSpec
 
-    spec = InputSpec(**ckpt["input_spec"])
-    config = dict(ckpt.get("student_config") or ckpt["model_config"])
+    spec = ckpt.spec
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(model, spec, tuple(ckpt["vocab"]), config, Path(tmp) / "model.onnx",
-                           model_input_names(config), preprocess=preprocess_info(ckpt, spec))
+        fp32 = export_onnx(model, spec, ckpt.vocab, ckpt.config, Path(tmp) / "model.onnx",
+                           ckpt.input_names, preprocess=preprocess_info(ckpt))
         q = quantize_int8(fp32, Path(tmp) / "model.int8.onnx")
         r = measure(q, spec, frames=s.frames, threads=s.threads, repeats=s.repeats, warmup=s.warmup)
         return int(r["size_bytes"]), float(r["ms_min"] if s.stat == "min" else r["ms_per_clip"])
@@ -350,8 +322,7 @@ def int8_figures(model: torch.nn.Module, ckpt: dict[str, Any], s: Settings) -> t
 def student_row(run: str | os.PathLike, recipe: str, kd: bool, s: Settings, runs: Path | None = None,
                 kind: str = "-") -> dict[str, Any]:
     """One ablation row: a ``distill.train`` run measured, or a "not trained" row with its command."""
-    from evaluate.export import model_input_names
-    from models.base import InputSpec
+    from evaluate.eval import evaluate
     from models.build import count_parameters
     from models.checkpoint import load_model
 
@@ -374,11 +345,9 @@ def student_row(run: str | os.PathLike, recipe: str, kd: bool, s: Settings, runs
     row["status"] = "done" if results else "no results.json (training unfinished?)"
     row["epoch_s"] = {k: float(v) for k, v in (results.get("epoch_time_s") or {}).items()}  # per stage
     model, ckpt = load_model(best)
-    config = dict(ckpt.get("student_config") or ckpt["model_config"])
-    spec = InputSpec(**ckpt["input_spec"])
-    row.update(student=str(results.get("student") or config.get("kind", kind)), checkpoint=str(best),
-               epoch=ckpt.get("epoch"), parameters=count_parameters(model), weights_bytes=weights_bytes(ckpt["model"]),
-               torch_ms=time_model(model, spec, model_input_names(config), s), int8_bytes=None, int8_ms=None)
+    row.update(student=str(results.get("student") or ckpt.config.get("kind", kind)), checkpoint=str(best),
+               epoch=ckpt.epoch, parameters=count_parameters(model), weights_bytes=weights_bytes(ckpt.weights),
+               torch_ms=time_model(model, ckpt.spec, ckpt.input_names, s), int8_bytes=None, int8_ms=None)
     if s.onnx:
         try:
             row["int8_bytes"], row["int8_ms"] = int8_figures(model, ckpt, s)
@@ -392,7 +361,7 @@ def student_row(run: str | os.PathLike, recipe: str, kd: bool, s: Settings, runs
             row[split], row[f"{split}_wer"], row["wer_source"] = given, float(given["wer"]), "results.json"
         else:
             try:
-                got = student_wer(model, ckpt, s.cache, s.dataset, split, s.beam, run / "eval" / split)
+                got = evaluate(best, s.cache, s.dataset, split, beam=s.beam, out=run / "eval" / split).to_dict()
             except ERRORS as e:
                 row["notes"].append(f"{split}: {_one_line(e)}")
                 continue

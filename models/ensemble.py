@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from models.base import ModelOutput
 from preprocess.configs import UserError
+
+if TYPE_CHECKING:
+    from models.checkpoint import Checkpoint
 
 
 class Ensemble(nn.Module):
@@ -52,22 +56,22 @@ def checkpoint_paths(ckpt: str | os.PathLike | Sequence[str | os.PathLike]) -> l
 
 
 def load_ensemble(paths: Sequence[str | os.PathLike], device: str | torch.device = "cpu"
-                  ) -> tuple[nn.Module, dict[str, Any]]:
-    """One checkpoint: its model; several: an ``Ensemble`` and the first member's checkpoint dict
-    with ``members`` (every member's checkpoint) added. Members must share vocabulary, inputs and streams."""
-    from models.checkpoint import checkpoint_streams, load_model
+                  ) -> tuple[nn.Module, Checkpoint]:
+    """One checkpoint: its model; several: an ``Ensemble`` and the first member's checkpoint with
+    ``members`` (every member's checkpoint) set. Members must share vocabulary, inputs and streams."""
+    from models.checkpoint import load_model
 
     loaded = [load_model(p, device) for p in paths]
     if len(loaded) == 1:
         return loaded[0]
     model0, ckpt0 = loaded[0]
     for p, (_, ck) in zip(paths[1:], loaded[1:]):
-        for key, what in (("vocab", "vocabulary"), ("input_spec", "input spec")):
-            if ck[key] != ckpt0[key]:
+        for key, what in (("vocab", "vocabulary"), ("spec", "input spec")):
+            if getattr(ck, key) != getattr(ckpt0, key):
                 raise UserError(f"ensemble member {p} has another {what} than {paths[0]}; "
                                 "ensemble checkpoints trained on the same cache")
-        if checkpoint_streams(ck) != checkpoint_streams(ckpt0):
-            raise UserError(f"ensemble member {p} reads streams {checkpoint_streams(ck)}, "
-                            f"{paths[0]} reads {checkpoint_streams(ckpt0)}")
+        if ck.streams != ckpt0.streams:
+            raise UserError(f"ensemble member {p} reads streams {list(ck.streams)}, "
+                            f"{paths[0]} reads {list(ckpt0.streams)}")
     ensemble = Ensemble([m for m, _ in loaded]).to(device).eval()
-    return ensemble, {**ckpt0, "members": [ck for _, ck in loaded], "member_paths": [str(p) for p in paths]}
+    return ensemble, replace(ckpt0, members=tuple(ck for _, ck in loaded))

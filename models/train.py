@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from evaluate.core.decode import decode_outputs
 from evaluate.core.normalize import RULE_NAMES
 from models.base import InputSpec, ModelOutput
 from models.build import ModelConfig, build_model
@@ -479,7 +480,6 @@ def _stop_message(problem: str, epoch: int, step: int, ids: Sequence[str], input
 def evaluate_dev(model: nn.Module, loader: DataLoader, dataset: CacheDataset, tc: TrainConfig,
                  device: torch.device, amp: torch.dtype | None):
     """Decode the dev split (``amp``: the autocast dtype, None for float32); returns (ScoreResult, mean weighted CTC loss)."""
-    from evaluate.eval import decode_log_probs
     from evaluate.core.wer import score
 
     model.eval()
@@ -491,9 +491,8 @@ def evaluate_dev(model: nn.Module, loader: DataLoader, dataset: CacheDataset, tc
             out = model(inputs, lengths.to(device))
         loss, _ = ctc_loss_levels(out, targets.to(device), target_lengths.to(device), tc.level_weights)
         losses.append(float(loss))
-        log_probs = out.main.float().log_softmax(-1).cpu()  # [B, T', V]
-        for utt, seq in zip(ids, decode_log_probs(log_probs, out.out_lengths.cpu(), beam=tc.beam)):
-            hyps[utt] = dataset.vocab.decode(seq)
+        for utt, h in zip(ids, decode_outputs(out.main, out.out_lengths, dataset.vocab.tokens, beam=tc.beam)):
+            hyps[utt] = h.glosses
     refs = {u.id: list(u.glosses) for u in dataset.utts}
     return score(hyps, refs, tc.rules), float(np.mean(losses)) if losses else float("nan")
 
@@ -553,6 +552,192 @@ def train(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, devi
             dist.destroy_process_group()
 
 
+@dataclass
+class _Data:
+    """The training split (wrapped by the hooks) and dev split, with their batch samplers and loaders."""
+
+    streams: Sequence[str]  # cache streams loaded
+    train_ds: CacheDataset  # the training split as cached (vocabulary, spec, meta)
+    dev_ds: CacheDataset  # dev, centre crop only
+    train_data: Dataset  # what is trained on (train_ds, or the hooks' wrapper of it)
+    sampler: BucketBatchSampler
+    loader: DataLoader
+    dev_loader: DataLoader | None  # None: no dev split (best.pt follows the training loss)
+
+
+@dataclass
+class _Model:
+    """The model, the modules trained beside it, and what optimises them."""
+
+    model: nn.Module  # what is saved as "model"
+    trained: nn.Module  # model (+ extra modules): what the optimizer and DDP see
+    config: dict[str, Any]  # saved as "model_config"
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+
+
+@dataclass
+class _Progress:
+    """Where a run stands; restored from last.pt on resume."""
+
+    epoch: int = 0  # epochs done
+    step: int = 0  # optimizer steps done
+    best: float = float("inf")  # best dev WER (or training loss without dev) so far
+
+
+def _build_data(cfg: RunConfig, hooks: TrainHooks, d: Dist) -> _Data:
+    """The training split with augmentation, dev with the centre crop; refuses an empty training split."""
+    tc, dc = cfg.train, cfg.data
+    streams = dc.streams or cfg.model.streams
+    train_ds = CacheDataset(dc.cache, dc.dataset, dc.train_split, streams, dc.augment, seed=tc.seed)
+    dev_ds = CacheDataset(dc.cache, dc.dataset, dc.dev_split, streams, None, crop_size=dc.augment.crop_size,
+                          require_targets=False)
+    if len(train_ds) == 0:
+        raise ValueError(f"{train_ds.root}: split {dc.train_split!r} has no cached utterances; run `make features` first")
+    if len(dev_ds) == 0:
+        log.warning("%s: split %r is empty; best.pt is chosen by the training loss", dev_ds.root, dc.dev_split)
+    train_data = hooks.train_data(train_ds) if hooks.train_data else train_ds  # e.g. + cached teacher outputs
+    sampler = BucketBatchSampler(train_data.lengths, tc.batch_size, shuffle=True, seed=tc.seed,
+                                 num_replicas=d.world, rank=d.rank, max_frames=tc.frame_budget)
+    loader = make_loader(train_data, sampler, hooks.collate or collate_uint8, tc.num_workers, d.device)
+    dev_loader = None
+    if len(dev_ds):
+        dev_sampler = BucketBatchSampler(dev_ds.lengths, tc.batch_size, shuffle=False, max_frames=tc.frame_budget)
+        dev_loader = make_loader(dev_ds, dev_sampler, collate_uint8, tc.num_workers, d.device)
+    return _Data(streams, train_ds, dev_ds, train_data, sampler, loader, dev_loader)
+
+
+def _build_model(cfg: RunConfig, hooks: TrainHooks, d: Dist, data: _Data, amp: torch.dtype | None) -> _Model:
+    """The model (+ modules trained beside it), its optimizer, learning-rate schedule and grad scaler."""
+    tc = cfg.train
+    model = (hooks.build_model or (lambda n, s: build_model(cfg.model, n, s)))(
+        len(data.train_ds.vocab), data.train_ds.spec()).to(d.device)
+    channels_last(model, d.device)
+    trained: nn.Module = model
+    if hooks.extra_modules is not None:
+        trained = WithExtras(model, hooks.extra_modules.to(d.device))
+    optimizer = make_optimizer(trained, tc)
+    steps_per_epoch = len(data.loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc, steps_per_epoch))
+    return _Model(model, trained, hooks.model_config or cfg.model.to_dict(), optimizer, scheduler, make_scaler(amp))
+
+
+def _resume(last_path: Path, m: _Model, hooks: TrainHooks, cfg: RunConfig, d: Dist) -> _Progress:
+    """Restore weights, optimizer, schedule, scaler, counters and RNG streams from ``last.pt``.
+
+    A checkpoint of another model config or cache is refused; one written by another number of
+    processes cannot replay its RNG streams exactly, so they restart from a derived seed.
+    """
+    ckpt = load_checkpoint(last_path)
+    state = ckpt.raw
+    if state["model_config"] != m.config:
+        raise ValueError(f"{last_path} was trained with another model config than {m.config}; "
+                         "resume with its own config or choose another --out")
+    check_compatible(ckpt, cfg.data.cache, cfg.data.dataset, ckpt_name=str(last_path))
+    m.model.load_state_dict(ckpt.weights)
+    if hooks.extra_modules is not None:
+        hooks.extra_modules.load_state_dict(state["extra_modules"])
+    m.optimizer.load_state_dict(state["optimizer"])
+    m.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):  # empty when written without float16 scaling (CPU, bfloat16)
+        m.scaler.load_state_dict(state["scaler"])
+    progress = _Progress(state["epoch"], state["step"], state["best"])
+    states = state["rng"]
+    if len(states) == d.world:
+        set_rng_state(states[d.rank])
+    else:  # another world size: exact replay is impossible, keep runs reproducible anyway
+        log.warning("%s was written by %d process(es), now %d: RNG streams restart", last_path, len(states), d.world)
+        seed_everything(cfg.train.seed + 1000 * progress.epoch + d.rank)
+    log.info("resumed %s at epoch %d (best %.2f)", last_path, progress.epoch, progress.best)
+    return progress
+
+
+def _train_epoch(epoch: int, net: nn.Module, m: _Model, data: _Data, progress: _Progress, cfg: RunConfig,
+                 hooks: TrainHooks, d: Dist, amp: torch.dtype | None, last_path: Path) -> dict[str, Any]:
+    """One pass over the training split; advances ``progress.step``; returns the epoch's training record."""
+    tc, dc = cfg.train, cfg.data
+    data.sampler.set_epoch(epoch)
+    data.train_data.set_epoch(epoch)
+    net.train()
+    t0, seen, loss_sum, level_sums = time.time(), 0, 0.0, {}
+    with _progress(d.main) as bar:
+        task = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=len(data.loader), info="")
+        for batch in data.loader:
+            inputs, lengths, targets, target_lengths, ids = batch[:5]
+            inputs = to_device(inputs, d.device)
+            with oom_guard(lengths, tc), torch.autocast(d.device.type, dtype=amp or torch.float16,
+                                                        enabled=amp is not None):
+                out = net(inputs, lengths.to(d.device))
+            loss, parts = ctc_loss_levels(out, targets.to(d.device), target_lengths.to(d.device), tc.level_weights)
+            if not parts:
+                raise ValueError(f"train.level_weights {tc.level_weights} match none of the model's output "
+                                 f"levels {sorted(out.logits)}; give e.g. main: 1.0")
+            if hooks.extra_loss is not None:  # e.g. distillation, on top of the CTC levels
+                extra, extra_parts = hooks.extra_loss(out, batch, epoch)
+                loss, parts = loss + extra, {**parts, **extra_parts}
+            if not _all_finite(loss, d):
+                levels = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+                raise TrainingStopped(_stop_message(
+                    f"the training loss is {float(loss.detach())} ({levels})", epoch, progress.step, ids, inputs,
+                    last_path, dc))
+            m.optimizer.zero_grad(set_to_none=True)
+            with oom_guard(lengths, tc):
+                m.scaler.scale(loss).backward()
+            if tc.grad_clip > 0:
+                m.scaler.unscale_(m.optimizer)
+                norm = nn.utils.clip_grad_norm_(m.trained.parameters(), tc.grad_clip)
+                if not m.scaler.is_enabled() and not _all_finite(norm, d):  # under AMP the scaler skips such steps itself
+                    raise TrainingStopped(_stop_message(
+                        f"the gradient norm is {float(norm)} (loss {float(loss.detach()):.4g})", epoch, progress.step,
+                        ids, inputs, last_path, dc))
+            m.scaler.step(m.optimizer)
+            m.scaler.update()
+            m.scheduler.step()
+            progress.step += 1
+            seen += len(ids)
+            loss_sum += float(loss.detach()) * len(ids)
+            for k, v in parts.items():
+                level_sums[k] = level_sums.get(k, 0.0) + float(v) * len(ids)
+            bar.update(task, advance=1, info=f"loss {loss_sum / seen:.3f}")
+    train_time = time.time() - t0
+    return {
+        "epoch": epoch + 1, "step": progress.step, "lr": m.optimizer.param_groups[0]["lr"],
+        "train_loss": loss_sum / max(seen, 1),
+        "train_levels": {k: v / max(seen, 1) for k, v in level_sums.items()},
+        "train_clips_per_s": seen * d.world / max(train_time, 1e-9), "train_time_s": train_time,
+    }
+
+
+def _checkpoint_state(m: _Model, data: _Data, progress: _Progress, cfg: RunConfig, hooks: TrainHooks,
+                      rng: list[Any]) -> dict[str, Any]:
+    """Everything ``last.pt``/``best.pt`` hold: the model and how to rebuild it, and the exact training state."""
+    tc, dc = cfg.train, cfg.data
+    ds = data.train_ds
+    state = {
+        **hooks.checkpoint_extra,
+        "model_config": m.config, "input_spec": spec_to_dict(ds.spec()), "vocab": list(ds.vocab.tokens),
+        "cache": {"dataset": dc.dataset, "config": meta_config(ds.meta), "config_hash": ds.meta.get("config_hash")},
+        "streams": list(data.streams), "crop_size": dc.augment.crop_size,
+        "train_config": asdict(tc), "data_config": {**asdict(dc), "streams": list(dc.streams)},
+        "model": m.model.state_dict(), "optimizer": m.optimizer.state_dict(),
+        "scheduler": m.scheduler.state_dict(), "scaler": m.scaler.state_dict(),
+        "epoch": progress.epoch, "step": progress.step, "best": progress.best, "rng": rng,
+    }
+    if hooks.extra_modules is not None:
+        state["extra_modules"] = hooks.extra_modules.state_dict()
+    return state
+
+
+def _gather_rng(d: Dist) -> list[Any]:
+    """Every process's RNG state (rank order), so a resumed run replays each stream."""
+    states = [rng_state()]
+    if d.world > 1:
+        states = [None] * d.world
+        dist.all_gather_object(states, rng_state())
+    return states
+
+
 def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist, hooks: TrainHooks) -> dict[str, Any]:
     tc, dc = cfg.train, cfg.data
     last_path, best_path, metrics_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "metrics.jsonl"
@@ -565,159 +750,47 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist, hooks: TrainHoo
     make_deterministic(tc.threads)
     seed_everything(tc.seed)  # same initial weights on every rank
 
-    # Data: the training split with augmentation, dev with the center crop.
-    streams = dc.streams or cfg.model.streams
-    train_ds = CacheDataset(dc.cache, dc.dataset, dc.train_split, streams, dc.augment, seed=tc.seed)
-    dev_ds = CacheDataset(dc.cache, dc.dataset, dc.dev_split, streams, None, crop_size=dc.augment.crop_size,
-                          require_targets=False)
-    if len(train_ds) == 0:
-        raise ValueError(f"{train_ds.root}: split {dc.train_split!r} has no cached utterances; run `make features` first")
-    if len(dev_ds) == 0:
-        log.warning("%s: split %r is empty; best.pt is chosen by the training loss", dev_ds.root, dc.dev_split)
-    vocab, spec = train_ds.vocab, train_ds.spec()
-    train_data = hooks.train_data(train_ds) if hooks.train_data else train_ds  # e.g. + cached teacher outputs
-    sampler = BucketBatchSampler(train_data.lengths, tc.batch_size, shuffle=True, seed=tc.seed,
-                                 num_replicas=d.world, rank=d.rank, max_frames=tc.frame_budget)
-    loader = make_loader(train_data, sampler, hooks.collate or collate_uint8, tc.num_workers, d.device)
-    dev_loader = None
-    if len(dev_ds):
-        dev_sampler = BucketBatchSampler(dev_ds.lengths, tc.batch_size, shuffle=False, max_frames=tc.frame_budget)
-        dev_loader = make_loader(dev_ds, dev_sampler, collate_uint8, tc.num_workers, d.device)
-
-    # Model (+ modules trained beside it), optimizer, schedule.
-    model = (hooks.build_model or (lambda n, s: build_model(cfg.model, n, s)))(len(vocab), spec).to(d.device)
-    channels_last(model, d.device)
-    model_config = hooks.model_config or cfg.model.to_dict()
-    trained: nn.Module = model
-    if hooks.extra_modules is not None:
-        trained = WithExtras(model, hooks.extra_modules.to(d.device))
-    optimizer = make_optimizer(trained, tc)
-    steps_per_epoch = len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc, steps_per_epoch))
-    scaler = make_scaler(amp)
-    n_params = sum(p.numel() for p in model.parameters())
-    cache_info = {"dataset": dc.dataset, "config": meta_config(train_ds.meta),
-                  "config_hash": train_ds.meta.get("config_hash")}
-
-    start_epoch, step, best = 0, 0, float("inf")
+    data = _build_data(cfg, hooks, d)
+    m = _build_model(cfg, hooks, d, data, amp)
+    progress = _Progress()
     if resume and last_path.exists():
-        ckpt = load_checkpoint(last_path)
-        if ckpt["model_config"] != model_config:
-            raise ValueError(f"{last_path} was trained with another model config than {model_config}; "
-                             "resume with its own config or choose another --out")
-        check_compatible(ckpt, dc.cache, dc.dataset, ckpt_name=str(last_path))
-        model.load_state_dict(ckpt["model"])
-        if hooks.extra_modules is not None:
-            hooks.extra_modules.load_state_dict(ckpt["extra_modules"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):  # empty when written without float16 scaling (CPU, bfloat16)
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, step, best = ckpt["epoch"], ckpt["step"], ckpt["best"]
-        states = ckpt["rng"]
-        if len(states) == d.world:
-            set_rng_state(states[d.rank])
-        else:  # another world size: exact replay is impossible, keep runs reproducible anyway
-            log.warning("%s was written by %d process(es), now %d: RNG streams restart", last_path, len(states), d.world)
-            seed_everything(tc.seed + 1000 * start_epoch + d.rank)
-        log.info("resumed %s at epoch %d (best %.2f)", last_path, start_epoch, best)
+        progress = _resume(last_path, m, hooks, cfg, d)
     elif resume:
         log.warning("--resume: no %s yet; starting from scratch", last_path)
     if d.main:
-        _trim_metrics(metrics_path, start_epoch)
-    if d.world > 1 and start_epoch == 0:
+        _trim_metrics(metrics_path, progress.epoch)
+    if d.world > 1 and progress.epoch == 0:
         torch.manual_seed(tc.seed + d.rank)  # weights are equal (DDP broadcasts rank 0's); dropout differs per rank
-    net: nn.Module = trained
+    net: nn.Module = m.trained
     if d.world > 1:
-        net = nn.parallel.DistributedDataParallel(trained, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(m.trained, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     net = maybe_compile(net, tc.compile)
 
     log.info("%s on %s: %d train / %d dev utterances, %s, %.2f M parameters, %d process(es), %d steps/epoch",
-             dc.dataset, d.device, len(train_ds), len(dev_ds), "+".join(streams), n_params / 1e6, d.world, steps_per_epoch)
-    if start_epoch >= tc.epochs:
-        log.info("already trained for %d epochs (%s); nothing to do", start_epoch, last_path)
+             dc.dataset, d.device, len(data.train_ds), len(data.dev_ds), "+".join(data.streams),
+             sum(p.numel() for p in m.model.parameters()) / 1e6, d.world, len(data.loader))
+    if progress.epoch >= tc.epochs:
+        log.info("already trained for %d epochs (%s); nothing to do", progress.epoch, last_path)
 
-    for epoch in range(start_epoch, tc.epochs):
-        # ---- one pass over the training split
-        sampler.set_epoch(epoch)
-        train_data.set_epoch(epoch)
-        net.train()
-        t0, seen, loss_sum, level_sums = time.time(), 0, 0.0, {}
-        with _progress(d.main) as bar:
-            task = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=steps_per_epoch, info="")
-            for batch in loader:
-                inputs, lengths, targets, target_lengths, ids = batch[:5]
-                inputs = to_device(inputs, d.device)
-                with oom_guard(lengths, tc), torch.autocast(d.device.type, dtype=amp or torch.float16,
-                                                            enabled=amp is not None):
-                    out = net(inputs, lengths.to(d.device))
-                loss, parts = ctc_loss_levels(out, targets.to(d.device), target_lengths.to(d.device), tc.level_weights)
-                if not parts:
-                    raise ValueError(f"train.level_weights {tc.level_weights} match none of the model's output "
-                                     f"levels {sorted(out.logits)}; give e.g. main: 1.0")
-                if hooks.extra_loss is not None:  # e.g. distillation, on top of the CTC levels
-                    extra, extra_parts = hooks.extra_loss(out, batch, epoch)
-                    loss, parts = loss + extra, {**parts, **extra_parts}
-                if not _all_finite(loss, d):
-                    levels = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
-                    raise TrainingStopped(_stop_message(
-                        f"the training loss is {float(loss.detach())} ({levels})", epoch, step, ids, inputs,
-                        last_path, dc))
-                optimizer.zero_grad(set_to_none=True)
-                with oom_guard(lengths, tc):
-                    scaler.scale(loss).backward()
-                if tc.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    norm = nn.utils.clip_grad_norm_(trained.parameters(), tc.grad_clip)
-                    if not scaler.is_enabled() and not _all_finite(norm, d):  # under AMP the scaler skips such steps itself
-                        raise TrainingStopped(_stop_message(
-                            f"the gradient norm is {float(norm)} (loss {float(loss.detach()):.4g})", epoch, step,
-                            ids, inputs, last_path, dc))
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                seen += len(ids)
-                loss_sum += float(loss.detach()) * len(ids)
-                for k, v in parts.items():
-                    level_sums[k] = level_sums.get(k, 0.0) + float(v) * len(ids)
-                bar.update(task, advance=1, info=f"loss {loss_sum / seen:.3f}")
-        train_time = time.time() - t0
+    for epoch in range(progress.epoch, tc.epochs):
+        record = _train_epoch(epoch, net, m, data, progress, cfg, hooks, d, amp, last_path)
 
-        # ---- dev WER (rank 0 decodes the whole split; the others wait at the barrier)
-        record: dict[str, Any] = {
-            "epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": loss_sum / max(seen, 1),
-            "train_levels": {k: v / max(seen, 1) for k, v in level_sums.items()},
-            "train_clips_per_s": seen * d.world / max(train_time, 1e-9), "train_time_s": train_time,
-        }
-        evaluated = dev_loader is not None and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs)
+        # dev WER: rank 0 decodes the whole split; the others wait at the barrier
+        evaluated = data.dev_loader is not None and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs)
         if d.main and evaluated:
-            result, dev_loss = evaluate_dev(model, dev_loader, dev_ds, tc, d.device, amp)
+            result, dev_loss = evaluate_dev(m.model, data.dev_loader, data.dev_ds, tc, d.device, amp)
             record.update(dev_loss=dev_loss, dev_wer=result.wer, dev_sub=result.sub, dev_del=result.dels,
                           dev_ins=result.ins, dev_n_ref=result.n_ref)
-        metric = record.get("dev_wer", record["train_loss"] if dev_loader is None else None)
-        improved = metric is not None and metric < best
+        metric = record.get("dev_wer", record["train_loss"] if data.dev_loader is None else None)
+        improved = metric is not None and metric < progress.best
         if improved:
-            best = metric
+            progress.best = metric
+        progress.epoch = epoch + 1
 
-        # ---- checkpoint: best.pt first, then last.pt, so a crash in between only repeats the epoch
-        states = [rng_state()]
-        if d.world > 1:
-            states = [None] * d.world
-            dist.all_gather_object(states, rng_state())
+        # checkpoint: best.pt first, then last.pt, so a crash in between only repeats the epoch
+        rng = _gather_rng(d)
         if d.main:
-            state = {
-                **hooks.checkpoint_extra,
-                "model_config": model_config, "input_spec": spec_to_dict(spec), "vocab": list(vocab.tokens),
-                "cache": cache_info, "streams": list(streams), "crop_size": dc.augment.crop_size,
-                "train_config": asdict(tc), "data_config": {**asdict(dc), "streams": list(dc.streams)},
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch + 1, "step": step, "best": best, "rng": states,
-            }
-            if hooks.extra_modules is not None:
-                state["extra_modules"] = hooks.extra_modules.state_dict()
+            state = _checkpoint_state(m, data, progress, cfg, hooks, rng)
             if improved:
                 save_checkpoint(best_path, state)
             with open(metrics_path, "a", encoding="utf-8") as f:
@@ -729,11 +802,11 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist, hooks: TrainHoo
         if d.world > 1:
             dist.barrier()
 
-    summary = {"best": best, "epochs": max(start_epoch, tc.epochs), "last": str(last_path),
+    summary = {"best": progress.best, "epochs": max(progress.epoch, tc.epochs), "last": str(last_path),
                "best_path": str(best_path) if best_path.exists() else None}
     if d.main:
-        log.info("done: best %s %.3f; checkpoints in %s", "dev WER" if dev_loader is not None else "train loss",
-                 best, out_dir)
+        log.info("done: best %s %.3f; checkpoints in %s", "dev WER" if data.dev_loader is not None else "train loss",
+                 progress.best, out_dir)
     return summary
 
 

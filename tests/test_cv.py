@@ -166,7 +166,7 @@ def test_two_runs_with_the_same_seed_give_identical_checkpoints(cache, tmp_path)
         torch.set_num_threads(1 if run == "a" else 2)  # the caller's setting must not matter
         assert train_mod.main(["--config", str(cfg), "--out", str(tmp_path / run), "--device", "cpu"]) == 0
     torch.set_num_threads(1)
-    a, b = (load_checkpoint(tmp_path / r / "last.pt") for r in ("a", "b"))
+    a, b = (load_checkpoint(tmp_path / r / "last.pt").raw for r in ("a", "b"))
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -226,7 +226,7 @@ def test_dataset_flag_trains_one_config_on_another_corpus(cache, tmp_path, monke
     monkeypatch.chdir(tmp_path)  # default outputs land under ./exp
     assert train_mod.main(["--config", str(cfg), "--dataset", view.name, "--device", "cpu"]) == 0
     run = tmp_path / "exp" / "teachers" / f"t_{view.name}"
-    assert load_checkpoint(run / "last.pt")["cache"]["dataset"] == view.name
+    assert load_checkpoint(run / "last.pt").dataset == view.name
     recipe = tiny_recipe("signkd_landmark", tmp_path, cache)
     raw = yaml.safe_load(recipe.read_text())
     raw["teacher"].update(name="t", features=["temporal"])

@@ -78,7 +78,7 @@ def test_every_recipe_loads_and_states_the_paper():
 
 
 def test_kdmslrt_one_epoch_writes_checkpoint_and_results(kd_run, teacher, cache):
-    ck = load_checkpoint(kd_run / "best.pt")
+    ck = load_checkpoint(kd_run / "best.pt").raw
     assert ck["student_config"]["kind"] == "landmark" and ck["model_config"] == ck["student_config"]
     assert ck["recipe"]["name"] == "kdmslrt" and ck["distilled"] is True
     from distill.teacher_cache import teacher_fingerprint
@@ -102,7 +102,7 @@ def test_no_kd_twin_is_the_ctc_objective(cache, tmp_path):
     out = tmp_path / "ctc"
     assert dt.main(["--recipe", str(recipe), "--no-kd", "--out", str(out), "--device", "cpu",
                     "--teacher", str(tmp_path / "absent.pt")]) == 0  # no teacher needed
-    ck = load_checkpoint(out / "best.pt")
+    ck = load_checkpoint(out / "best.pt").raw
     assert ck["distilled"] is False and ck["teacher"] is None and "extra_modules" not in ck
     metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert set(metrics["train_levels"]) == {"main", "conv_main"}
@@ -162,7 +162,7 @@ def test_other_recipes_run_one_epoch(cache, teacher, tmp_path):
     mixed = json.loads((tmp_path / "smkd" / "mixed" / "metrics.jsonl").read_text().splitlines()[0])
     assert {"main", "conv_main", "smkd"} == set(mixed["train_levels"])
     assert (tmp_path / "smkd" / "best.pt").read_bytes() == (tmp_path / "smkd" / "mixed" / "best.pt").read_bytes()
-    assert load_checkpoint(tmp_path / "crkd" / "best.pt")["student_config"]["lrinet_width"] == 0.0625
+    assert load_checkpoint(tmp_path / "crkd" / "best.pt").config["lrinet_width"] == 0.0625
     # the generic loader (evaluate.eval, export, tables) rebuilds the narrow LRINet from its checkpoint
     lrinet, _ = load_model(tmp_path / "crkd" / "best.pt")
     assert lrinet.cfg.width == 0.0625 and lrinet.cfg.stem_repeats == 1

@@ -42,8 +42,8 @@ def test_ensemble_is_the_mean_probability_and_concatenated_features(cache, membe
     torch.testing.assert_close(out.main.log_softmax(-1), out.main, atol=1e-5, rtol=1e-5)  # already normalised
     for name in ("frame", "temporal"):
         torch.testing.assert_close(out.features[name], torch.cat([o.features[name] for o in outs], -1))
-    assert len(ckpt["members"]) == 3 and ckpt["member_paths"] == [str(p) for p in members]
-    assert teacher_fingerprint(ckpt) != teacher_fingerprint(ckpt["members"][0])
+    assert len(ckpt.members) == 3 and [m.path for m in ckpt.members] == list(members)
+    assert teacher_fingerprint(ckpt) != teacher_fingerprint(ckpt.members[0])
 
 
 def test_ensemble_members_must_share_the_vocabulary(cache, members, tmp_path):

@@ -500,7 +500,7 @@ def test_resume_edge_cases_give_the_uninterrupted_metrics(reference_run, tmp_pat
     warning = next(ln for ln in capsys.readouterr().err.splitlines() if "torn" in ln)
     assert f"{out / 'metrics.jsonl'}: dropped torn line(s) [3]" in warning
     assert metrics_without_clock(out / "metrics.jsonl") == metrics_without_clock(ref / "metrics.jsonl")
-    full, resumed = (ckpt_mod.load_checkpoint(d / "last.pt") for d in (ref, out))
+    full, resumed = (ckpt_mod.load_checkpoint(d / "last.pt").raw for d in (ref, out))
     for k, v in full["model"].items():
         assert torch.equal(v, resumed["model"][k]), k
 
@@ -527,7 +527,7 @@ def test_kill_9_during_training_resumes_to_the_same_run(reference_run, tmp_path)
     assert proc.returncode == -signal.SIGKILL
     assert train_mod.main(["--config", str(cfg), "--out", str(out), "--device", "cpu", "--resume"]) == 0
     assert metrics_without_clock(out / "metrics.jsonl") == metrics_without_clock(ref / "metrics.jsonl")
-    full, resumed = (ckpt_mod.load_checkpoint(d / "last.pt") for d in (ref, out))
+    full, resumed = (ckpt_mod.load_checkpoint(d / "last.pt").raw for d in (ref, out))
     for k, v in full["model"].items():
         assert torch.equal(v, resumed["model"][k]), k
     assert not list(out.glob(".*.tmp"))

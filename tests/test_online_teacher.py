@@ -60,7 +60,7 @@ def test_online_distillation_needs_no_teacher_cache(cache, twin, tmp_path):
     assert dt.main(["--recipe", str(online_recipe(tmp_path, cache)), "--teacher", str(twin), "--out", str(out),
                     "--device", "cpu"]) == 0
     assert not (out / "teacher_outputs").exists()
-    ck = load_checkpoint(out / "best.pt")
+    ck = load_checkpoint(out / "best.pt").raw
     assert ck["distilled"] is True and ck["teacher"]["online"] is True and ck["teacher"]["path"] == str(twin)
     metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert metrics["train_levels"]["kd_posterior"] > 0  # the live teacher's KL is in the loss

@@ -202,9 +202,9 @@ def test_checkpoint_from_a_gpu_resumes_on_cpu(cache, tmp_path):
         torch.load(tmp_path / "gpu.pt", weights_only=True)  # the file really says cuda
     (tmp_path / "gpu.pt").replace(run / "last.pt")
     ck = load_checkpoint(run / "last.pt")
-    assert all(v.device.type == "cpu" for v in ck["model"].values())
+    assert all(v.device.type == "cpu" for v in ck.weights.values())
     assert train_mod.main(["--config", str(cfg), "--out", str(run), "--device", "cpu", "--resume", "--epochs", "2"]) == 0
-    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    assert load_checkpoint(run / "last.pt").epoch == 2
 
 
 # ----------------------------------------------------------------------------- loader

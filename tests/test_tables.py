@@ -175,7 +175,7 @@ def test_student_table_measures_runs_and_lists_missing_ones(student_runs, cache,
     ctc, kd = rows["alpha", "ctc"], rows["alpha", "kd"]
     model, ck = load_model(runs / "alpha_ctc" / "best.pt")
     assert ctc["parameters"] == kd["parameters"] == count_parameters(model)
-    raw = sum(v.numel() * v.element_size() for v in ck["model"].values())
+    raw = sum(v.numel() * v.element_size() for v in ck.weights.values())
     assert raw < ctc["weights_bytes"] < raw + 64_000  # the weights + torch.save's framing ...
     assert ctc["weights_bytes"] < (runs / "alpha_ctc" / "best.pt").stat().st_size - 80_000  # ... not the optimizer
     assert ctc["int8_bytes"] > 0 and ctc["int8_ms"] > 0 and ctc["torch_ms"] > 0

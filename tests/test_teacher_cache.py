@@ -86,7 +86,7 @@ def test_stale_cache_is_refused_then_rebuilt(cache, tmp_path):
     prepare_teacher_cache(teacher, cache, DATASET, "train", out, features=("frame",))
     # same weights saved again with other bookkeeping: not a change
     ck = load_checkpoint(teacher)
-    save_checkpoint(teacher, {**ck, "epoch": 7})
+    save_checkpoint(teacher, {**ck.raw, "epoch": 7})
     prepare_teacher_cache(teacher, cache, DATASET, "train", out, features=("frame",))
     # other features requested (the recipe changed): stale
     with pytest.raises(StaleTeacherCache, match="features changed"):

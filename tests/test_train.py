@@ -15,7 +15,7 @@ import yaml
 from models import train as train_mod
 from models.base import ModelOutput
 from models.build import ModelConfig, build_model
-from models.checkpoint import check_compatible, load_checkpoint, load_model
+from models.checkpoint import Checkpoint, check_compatible, load_checkpoint, load_model
 from models.data import CacheDataset, collate, input_spec
 from preprocess import cache as cache_lib
 from preprocess.vocab import Vocabulary
@@ -59,14 +59,14 @@ def test_two_epochs_write_checkpoints_metrics_and_log(fusion_run, cache):
     assert "conv_rgb" not in lines[0]["train_levels"]  # not weighted by default
     log = (fusion_run / "train.log").read_text()
     assert "epoch 2/2" in log and "dev WER" in log
-    ck = load_checkpoint(fusion_run / "last.pt")
+    ck = load_checkpoint(fusion_run / "last.pt").raw  # the saved dict itself
     assert ck["epoch"] == 2 and ck["vocab"] == list(Vocabulary.load(cache / DATASET / "vocab.json").tokens)
     assert ck["input_spec"] == {"num_keypoints": 543, "keypoint_layout": "mediapipe_holistic_543",
                                 "rgb_size": 12, "flow_size": 6}
     assert ck["model_config"]["fusion"] == "attention" and ck["crop_size"] == 12
     assert ck["cache"]["config"]["flow_scale"] == 0.25 and len(ck["rng"]) == 1
     best = min(r["dev_wer"] for r in lines)
-    assert ck["best"] == best and load_checkpoint(fusion_run / "best.pt")["best"] == best
+    assert ck["best"] == best and load_checkpoint(fusion_run / "best.pt").best == best
     # the checkpoint rebuilds its own model, which reproduces the trained weights' outputs
     model, _ = load_model(fusion_run / "last.pt")
     ds = CacheDataset(cache, DATASET, "dev", ck["streams"], augment=None, crop_size=12)
@@ -94,10 +94,10 @@ def test_resume_after_crash_gives_the_same_weights(cache, tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train_mod.main(args + ["--out", str(tmp_path / "resumed")])
     monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
-    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt").epoch == 2
     assert train_mod.main(args + ["--out", str(tmp_path / "resumed"), "--resume"]) == 0
 
-    full, resumed = (load_checkpoint(tmp_path / d / "last.pt") for d in ("full", "resumed"))
+    full, resumed = (load_checkpoint(tmp_path / d / "last.pt").raw for d in ("full", "resumed"))
     assert resumed["epoch"] == full["epoch"] == 3 and resumed["best"] == full["best"]
     for k, v in full["model"].items():
         assert torch.equal(v, resumed["model"][k]), k
@@ -125,7 +125,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(cache, tmp_path, 
     err = capsys.readouterr().err
     assert "epoch 2 step 3: the training loss is nan" in err and "last.pt (epoch 1) is kept" in err
     assert "--resume" in err
-    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert load_checkpoint(out / "last.pt").epoch == 1
     assert "the training loss is nan" in (out / "train.log").read_text()
 
 
@@ -186,7 +186,7 @@ def test_checkpoint_refuses_other_vocabulary_or_extractor(fusion_run, cache, tmp
     with pytest.raises(ValueError, match=r"extractor mismatch: .*flow_scale=0.25 vs 0.5.*rebuild the cache"):
         check_compatible(ck, other2, DATASET)
     # a keypoint-only model does not care about the flow settings
-    check_compatible({**ck, "streams": ["keypoints"]}, other2, DATASET)
+    check_compatible(Checkpoint.from_dict({**ck.raw, "streams": ["keypoints"]}), other2, DATASET)
 
 
 def test_eval_writes_ctm_and_report_matching_an_independent_decode(fusion_run, cache, tmp_path, capsys):
@@ -201,7 +201,7 @@ def test_eval_writes_ctm_and_report_matching_an_independent_decode(fusion_run, c
     line = capsys.readouterr().out
     # independent greedy decode: argmax per step, collapse repeats, drop blanks
     model, ck = load_model(fusion_run / "best.pt")
-    ds = CacheDataset(cache, DATASET, "dev", ck["streams"], augment=None, crop_size=12)
+    ds = CacheDataset(cache, DATASET, "dev", ck.streams, augment=None, crop_size=12)
     hyps = {}
     with torch.no_grad():
         for i in range(len(ds)):
@@ -209,7 +209,7 @@ def test_eval_writes_ctm_and_report_matching_an_independent_decode(fusion_run, c
             o = model(inputs, lengths)
             best = o.main[0, : o.out_lengths[0]].argmax(-1).tolist()
             seq = [c for j, c in enumerate(best) if c != 0 and (j == 0 or c != best[j - 1])]
-            hyps[ids[0]] = [ck["vocab"][c] for c in seq]
+            hyps[ids[0]] = [ck.vocab[c] for c in seq]
     written = read_ctm(out / "dev.ctm")
     assert written == {k: v for k, v in hyps.items() if v}
     refs = {u.id: u.glosses for u in ds.utts}
@@ -246,7 +246,7 @@ def test_ddp_two_processes_gloo(cache, tmp_path):
            "-m", "models.train", "--config", str(cfg), "--out", str(out), "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ck = load_checkpoint(out / "last.pt")
+    ck = load_checkpoint(out / "last.pt").raw
     assert ck["epoch"] == 2 and len(ck["rng"]) == 2
     assert not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])  # ranks drew their own dropout
     assert "2 process(es)" in (out / "train.log").read_text()
