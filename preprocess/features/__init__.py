@@ -18,9 +18,8 @@ layout, config hash, meta.json), ``driver`` (selection, skipping, failure record
 from __future__ import annotations
 
 from preprocess.features.cli import build_parser, main
-from preprocess.features.config import FeatureConfig, Plan, Result, UtteranceError
+from preprocess.features.config import FeatureConfig, Result, UtteranceError
 from preprocess.features.driver import run, select
-from preprocess.features.extract import check_arrays, extract_utterance
+from preprocess.features.extract import check_arrays
 
-__all__ = ["FeatureConfig", "Plan", "Result", "UtteranceError", "build_parser", "check_arrays", "extract_utterance",
-           "main", "run", "select"]
+__all__ = ["FeatureConfig", "Result", "UtteranceError", "build_parser", "check_arrays", "main", "run", "select"]

@@ -28,12 +28,12 @@ sentence), ``skeleton`` (state -> keypoints), ``detector`` (landmark noise), ``p
 from __future__ import annotations
 
 from preprocess.synthsign.cli import main
-from preprocess.synthsign.config import FORMAT_VERSION, PRESETS, SynthConfig, preset
+from preprocess.synthsign.config import FORMAT_VERSION, SynthConfig, preset
 from preprocess.synthsign.detector import detect
 from preprocess.synthsign.geometry import hand_points
-from preprocess.synthsign.lexicon import HAND_SHAPES, Gloss, build_lexicon, minimal_pairs
+from preprocess.synthsign.lexicon import HAND_SHAPES, build_lexicon, minimal_pairs
 from preprocess.synthsign.motion import gloss_geometry
 from preprocess.synthsign.writer import generate, is_complete, plan_corpus
 
-__all__ = ["FORMAT_VERSION", "HAND_SHAPES", "PRESETS", "Gloss", "SynthConfig", "build_lexicon", "detect", "generate",
-           "gloss_geometry", "hand_points", "is_complete", "main", "minimal_pairs", "plan_corpus", "preset"]
+__all__ = ["FORMAT_VERSION", "HAND_SHAPES", "SynthConfig", "build_lexicon", "detect", "generate", "gloss_geometry",
+           "hand_points", "is_complete", "main", "minimal_pairs", "plan_corpus", "preset"]
