@@ -1,4 +1,7 @@
-"""Distillation losses: posterior KD, feature MSE, hierarchical KD, multi-level CTC, SMKD, CRKD.
+"""Distillation losses: posterior KD, feature MSE, hierarchical KD, SMKD, CTC forced alignment.
+
+The multi-level CTC they are added to is the trainer's (``models.train.ctc_loss_levels``);
+CRKD's stochastic gradient stopping lives in the model that applies it (``models.lrinet``).
 
 All are pure functions of tensors (plus the learned ``FeatureProjector``). Conventions:
 - logits are [B, T, V] (batch first), class 0 is the CTC blank unless ``blank`` says otherwise;
@@ -239,47 +242,6 @@ def hierarchical_kd(
     return total, parts
 
 
-def multi_level_ctc(
-    logits: dict[str, Tensor],
-    out_lengths: Tensor,
-    targets: Tensor,
-    target_lengths: Tensor,
-    weights: dict[str, float],
-    blank: int = 0,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Weighted sum of CTC losses over output levels (VAC/SMKD conv + BiLSTM, CRKD's 4 levels).
-
-    ``zero_infinity=True``: an utterance too short for its targets contributes 0 instead of
-    inf. Each level's loss is ``F.ctc_loss(reduction="mean")`` (per-utterance loss divided by
-    its target length, then averaged over the batch).
-
-    Args:
-        logits: level name -> [B, T', V] raw scores (log_softmax is applied here).
-        out_lengths: [B] valid steps of every level.
-        targets: [B, S] padded gloss ids or [sum(target_lengths)] concatenated ids.
-        target_lengths: [B].
-        weights: level name -> weight; every level with a non-zero weight must be in ``logits``.
-        blank: index of the blank class.
-
-    Returns:
-        (total, parts): weighted sum and each level's unweighted loss.
-    """
-    parts: dict[str, Tensor] = {}
-    total: Tensor | None = None
-    for level, weight in weights.items():
-        if weight == 0:
-            continue
-        if level not in logits:
-            raise ValueError(f"multi_level_ctc: no logits level {level!r} (model has {sorted(logits)})")
-        log_probs = F.log_softmax(logits[level].float(), dim=-1).transpose(0, 1)  # [T', B, V]
-        loss = F.ctc_loss(log_probs, targets, out_lengths, target_lengths, blank=blank, reduction="mean", zero_infinity=True)
-        parts[level] = loss
-        total = weight * loss if total is None else total + weight * loss
-    if total is None:
-        raise ValueError(f"multi_level_ctc: every weight is zero ({weights})")
-    return total, parts
-
-
 def smkd_self_distill(conv_logits: Tensor, context_logits: Tensor, lengths: Tensor, temperature: float = 8.0) -> Tensor:
     """SMKD self-mutual distillation: the contextual (BiLSTM) posteriors teach the visual (conv) ones.
 
@@ -297,45 +259,6 @@ def smkd_self_distill(conv_logits: Tensor, context_logits: Tensor, lengths: Tens
         scalar loss (T^2-scaled KL, see ``kd_kl``).
     """
     return kd_kl(conv_logits, context_logits.detach(), lengths, temperature, "keep")
-
-
-def stochastic_stop_gradient(
-    x: Tensor, p: float, training: bool, generator: torch.Generator | None = None, dim: int | None = None
-) -> Tensor:
-    """Stop the gradient to ``x`` at random; the value is unchanged.
-
-    CRKD trains LRINet with the stochastic gradient stopping of Niu & Mak (ECCV 2020): the
-    CTC gradients reach the frame-level extractor through only a random part of the frames,
-    which cuts memory/time and fights CTC overfitting of the per-frame CNN. We apply it where
-    the frame-level features enter the temporal module (``LRINetConfig.grad_stop_p``; the
-    features given to the frame-level MSE are taken before it, so feature distillation
-    reaches every frame). The paper does not spell out the granularity: this function
-    offers both readings, one draw for the whole tensor (``dim=None``: with probability p,
-    no gradient flows to x this step) and one draw per index along ``dim`` (``dim=1``: per
-    frame of a [B, T, ...] tensor, Niu & Mak's formulation).
-
-    Args:
-        x: any tensor, e.g. [B, T, D] frame features.
-        p: probability of stopping, in [0, 1].
-        training: no-op when False (evaluation never stops anything).
-        generator: torch Generator on x's device for reproducible draws.
-        dim: None for one draw for the whole tensor, else the dimension drawn per index.
-
-    Returns:
-        tensor equal to x whose gradient is stopped where drawn.
-    """
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"stochastic_stop_gradient p must be in [0, 1], got {p}")
-    if not training or p == 0.0:
-        return x
-    if dim is None:
-        draw = torch.rand((), generator=generator, device=x.device)
-        return x.detach() if bool(draw < p) else x
-    dim = dim % x.dim()
-    stop = torch.rand(x.shape[dim], generator=generator, device=x.device) < p  # [x.shape[dim]]
-    shape = [1] * x.dim()
-    shape[dim] = x.shape[dim]
-    return torch.where(stop.reshape(shape), x.detach(), x)
 
 
 def ctc_viterbi(log_probs: np.ndarray | Tensor, targets: Sequence[int], blank: int = 0) -> tuple[list[int], float]:
@@ -440,9 +363,7 @@ __all__ = [
     "feature_mse",
     "hierarchical_kd",
     "kd_kl",
-    "multi_level_ctc",
     "resample_time",
     "smkd_self_distill",
-    "stochastic_stop_gradient",
 ]
 

@@ -234,9 +234,12 @@ def time_max_pool(x: Tensor, factor: int = 2) -> Tensor:
 
 
 def stop_gradient_frames(x: Tensor, p: float, training: bool) -> Tensor:
-    """CRKD stochastic gradient stopping over frames: see ``distill.losses.stochastic_stop_gradient``.
+    """CRKD stochastic gradient stopping over frames (Niu & Mak, ECCV 2020); values are unchanged.
 
-    Kept here (a copy of the per-frame case, three lines) so models never import the losses.
+    The CTC gradients reach the frame-level extractor through only a random part of the frames,
+    which cuts memory/time and fights CTC overfitting of the per-frame CNN. It is applied where the
+    frame features enter the temporal module, so the features given to the frame-level MSE (taken
+    before it) still receive feature distillation on every frame.
 
     Args:
         x: [B, T, ...]. Each frame's gradient is stopped with probability p; values unchanged.

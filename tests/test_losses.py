@@ -16,12 +16,12 @@ from distill.losses import (
     feature_mse,
     hierarchical_kd,
     kd_kl,
-    multi_level_ctc,
     resample_time,
     smkd_self_distill,
-    stochastic_stop_gradient,
 )
 from models.base import ModelOutput
+from models.lrinet import LRINetConfig, stop_gradient_frames
+from models.train import ctc_loss_levels
 
 
 def _ref_kd(s: torch.Tensor, t: torch.Tensor, lengths, temp: float, mode: str, thr=0.9, w_blank=0.1) -> float:
@@ -180,23 +180,27 @@ def _brute_ctc_nll(log_probs: np.ndarray, target: list[int]) -> float:
     return -math.log(total) if total > 0 else math.inf
 
 
-def test_multi_level_ctc_matches_brute_force_and_zero_infinity() -> None:
+def test_trainer_ctc_levels_match_brute_force_and_zero_infinity() -> None:
+    """The multi-level CTC the trainer uses (``models.train.ctc_loss_levels``) against a brute-force sum over paths."""
     g = torch.Generator().manual_seed(5)
     logits = {"main": torch.randn(2, 5, 3, generator=g), "conv_main": torch.randn(2, 5, 3, generator=g)}
     out_lengths = torch.tensor([5, 4])
     targets = torch.tensor([[1, 2], [2, 0]])
     target_lengths = torch.tensor([2, 1])
-    total, parts = multi_level_ctc(logits, out_lengths, targets, target_lengths, {"main": 1.0, "conv_main": 0.5})
+    total, parts = ctc_loss_levels(ModelOutput(logits, out_lengths), targets, target_lengths,
+                                   {"main": 1.0, "conv_main": 0.5})
     for level in ("main", "conv_main"):
         lp = torch.log_softmax(logits[level].double(), -1).numpy()
         ref = np.mean([_brute_ctc_nll(lp[0, :5], [1, 2]) / 2, _brute_ctc_nll(lp[1, :4], [2]) / 1])
         assert parts[level].item() == pytest.approx(ref, rel=1e-4)
     assert total.item() == pytest.approx(parts["main"].item() + 0.5 * parts["conv_main"].item(), rel=1e-6)
     # a target that cannot fit in 2 steps gives 0, not inf
-    _, bad = multi_level_ctc({"main": logits["main"][:1, :2]}, torch.tensor([2]), torch.tensor([[1, 1]]), torch.tensor([2]), {"main": 1.0})
+    _, bad = ctc_loss_levels(ModelOutput({"main": logits["main"][:1, :2]}, torch.tensor([2])), torch.tensor([[1, 1]]),
+                             torch.tensor([2]), {"main": 1.0})
     assert math.isfinite(bad["main"].item())
-    with pytest.raises(ValueError, match="no logits level 'stage9'"):
-        multi_level_ctc(logits, out_lengths, targets, target_lengths, {"stage9": 1.0})
+    # a weighted level the model does not output contributes nothing (the trainer refuses weights matching none)
+    _, none = ctc_loss_levels(ModelOutput(logits, out_lengths), targets, target_lengths, {"stage9": 1.0})
+    assert none == {}
 
 
 def test_smkd_self_distill_stops_gradient_on_context() -> None:
@@ -212,10 +216,12 @@ def test_smkd_self_distill_stops_gradient_on_context() -> None:
     assert torch.all(conv.grad[1, 3:] == 0)  # padded step gets no gradient
 
 
-def test_stochastic_stop_gradient_whole_and_per_frame() -> None:
-    def grad_of(p: float, training: bool, **kw) -> torch.Tensor:
-        x = torch.ones(3, 4, requires_grad=True)
-        y = stochastic_stop_gradient(x, p, training, **kw)
+def test_lrinet_stochastic_stop_gradient_per_frame() -> None:
+    """CRKD's stochastic gradient stopping as LRINet applies it: one draw per (clip, frame)."""
+    def grad_of(p: float, training: bool, seed: int = 0) -> torch.Tensor:
+        x = torch.ones(3, 4, 2, requires_grad=True)  # [B, T, D]
+        torch.manual_seed(seed)
+        y = stop_gradient_frames(x, p, training)
         assert torch.equal(y, x.detach())  # value unchanged
         (2 * y.sum() + x.sum()).backward()  # second term: a path that is never stopped
         return x.grad
@@ -223,12 +229,13 @@ def test_stochastic_stop_gradient_whole_and_per_frame() -> None:
     assert torch.all(grad_of(1.0, True) == 1)  # stopped: only the direct path's gradient
     assert torch.all(grad_of(0.0, True) == 3)
     assert torch.all(grad_of(1.0, False) == 3)  # evaluation never stops
-    grad = grad_of(0.5, True, generator=torch.Generator().manual_seed(7), dim=1)
-    expect_stop = torch.rand(4, generator=torch.Generator().manual_seed(7)) < 0.5  # the same draw, per column
-    assert torch.all(grad[:, expect_stop] == 1) and torch.all(grad[:, ~expect_stop] == 3)
-    assert 0 < int(expect_stop.sum()) < 4
-    with pytest.raises(ValueError, match="p must be in"):
-        stochastic_stop_gradient(torch.ones(2), 1.5, True)
+    grad = grad_of(0.5, True, seed=7)
+    torch.manual_seed(7)
+    expect_stop = torch.rand(3, 4) < 0.5  # the same draw, per clip and frame
+    assert torch.all(grad[expect_stop] == 1) and torch.all(grad[~expect_stop] == 3)
+    assert 0 < int(expect_stop.sum()) < 12
+    with pytest.raises(ValueError, match="grad_stop_p must be in"):
+        LRINetConfig(grad_stop_p=1.5)
 
 
 def _brute_viterbi(lp: np.ndarray, target: list[int]) -> tuple[list[int], float]:
