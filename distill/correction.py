@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from preprocess.configs import UserError, from_dict, print_user_error
+from preprocess.commandline import add_out, command, prog
+from preprocess.configs import UserError, from_dict
 from preprocess.vocab import BLANK, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,10 @@ log = logging.getLogger(__name__)
 CHECKPOINT_KIND = "gloss_corrector"  # marks a corrector checkpoint (not a recognizer's)
 PAD = 0  # the vocabulary's CTC blank index, unused in gloss text, doubles as padding
 UNKNOWN_MODES = ("error", "keep")
+
+
+class Diverged(UserError, FloatingPointError):
+    """The corrector's training loss is not finite; the message names the setting to lower."""
 
 
 @dataclass(frozen=True)
@@ -352,8 +357,8 @@ def train_corrector(train_sentences: Sequence[Sequence[str]], vocab: Vocabulary,
                 logits = model(model.source(src), tgt_in)  # [B, T, V+2]
                 loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1), ignore_index=PAD)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"corrector loss is {loss.item()} at epoch {epoch + 1}, step {step}; "
-                                             "lower the learning rate (--lr)")
+                    raise Diverged(f"corrector loss is {loss.item()} at epoch {epoch + 1}, step {step}; "
+                                   "lower the learning rate (--lr)")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -494,13 +499,14 @@ def _apply_main(args: argparse.Namespace) -> int:
     return 0
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m distill.correction", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=prog("distill.correction"), description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train a corrector on a manifest's transcripts")
     t.add_argument("--manifest", required=True, help="manifest.jsonl whose transcripts to learn from")
     t.add_argument("--vocab", required=True, help="the recognizer's vocab.json (the corrector shares it)")
-    t.add_argument("--out", required=True, help="checkpoint to write (e.g. exp/corrector.pt)")
+    add_out(t, "checkpoint to write (e.g. exp/corrector.pt)", required=True)
     t.add_argument("--split", default="train", help="manifest split to learn from (default train)")
     t.add_argument("--confusion-hyp", help="a recognizer's hypotheses on that split (`id gloss ...` or CTM): "
                    "its substitutions become the confusable pairs used in corruption")
@@ -514,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("apply", help="correct a hypothesis file")
     a.add_argument("--ckpt", required=True, help="corrector checkpoint")
     a.add_argument("--hyp", required=True, help="hypotheses, `id gloss gloss ...` a line (or CTM)")
-    a.add_argument("--out", required=True, help="corrected hypotheses, `id gloss ...` a line")
+    add_out(a, "corrected hypotheses, `id gloss ...` a line", required=True)
     a.add_argument("--format", default="auto", choices=("auto", "ctm", "text"), help="format of --hyp")
     a.add_argument("--margin", type=float, help="override the checkpoint's acceptance margin (nats)")
     a.add_argument("--batch-size", type=int, help="sequences per batch")
@@ -522,10 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="a gloss outside the vocabulary: fail (default) or keep that utterance unchanged")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        return _train_main(args) if args.cmd == "train" else _apply_main(args)
-    except (UserError, ValueError, FileNotFoundError, FloatingPointError) as e:  # bad input: one line
-        return print_user_error(e)
+    return _train_main(args) if args.cmd == "train" else _apply_main(args)
 
 
 if __name__ == "__main__":

@@ -51,8 +51,9 @@ from models.decoding import decode_dataset
 from models.students import build_student
 from models.train import RunConfig, TrainHooks, TrainingStopped, load_config, read_metrics, train
 from preprocess import cache as cache_lib
-from preprocess.configs import UserError, print_user_error
-from preprocess.device import DEVICE_CHOICES, resolve_device
+from preprocess.commandline import add_cache, add_device, add_out, command, prog
+from preprocess.configs import UserError
+from preprocess.device import resolve_device
 from preprocess.manifest import atomic_write_text
 from preprocess.vocab import Vocabulary
 
@@ -522,20 +523,21 @@ def _epoch_times(out_dir: Path, stages: Sequence[StageConfig]) -> dict[str, floa
     return times
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m distill.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=prog("distill.train"), description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", required=True, help="recipe name (configs/recipes/<name>.yaml) or a YAML path")
     p.add_argument("--teacher", nargs="+", help="teacher checkpoint (default exp/teachers/<name>/best.pt, else "
                    "exp/kd_teachers/...); several checkpoints: their ensemble (mean posterior) teaches")
-    p.add_argument("--cache", help="cache root (overrides data.cache)")
+    add_cache(p, "feature cache root (overrides data.cache)")
     p.add_argument("--dataset", help="dataset under the cache root (overrides data.dataset): one recipe, any corpus")
-    p.add_argument("--out", help="output folder (default exp/students/<recipe>[_<dataset>], + _ctc with --no-kd)")
+    add_out(p, "output folder (default exp/students/<recipe>[_<dataset>], + _ctc with --no-kd)")
     p.add_argument("--no-kd", action="store_true", help="train the same student with CTC alone (the ablation twin)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last.pt files")
     p.add_argument("--epochs", type=int, help="override the epochs (of every stage, when the recipe has stages)")
     p.add_argument("--rebuild-teacher-cache", action="store_true", help="rebuild a stale teacher-output cache")
     p.add_argument("--train-teacher", action="store_true", help="train the recipe's teacher when no checkpoint exists")
-    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto: CUDA when available, else CPU")
+    add_device(p, "training device")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
@@ -553,8 +555,6 @@ def main(argv: list[str] | None = None) -> int:
                              device=device)
     except TrainingStopped:
         return 1  # already logged to stderr and train.log
-    except (UserError, ValueError, FileNotFoundError) as e:  # bad input: one line; anything else is a bug
-        return print_user_error(e)
     wers = ", ".join(f"{s} WER {r['wer']:.2f}%" + (f" ({r['corrected']['wer']:.2f}% corrected)" if "corrected" in r else "")
                      for s, r in results["splits"].items())
     print(f"{recipe.name} ({results['mode']}): {wers}; results in {out / 'results.json'}")

@@ -21,6 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from preprocess.commandline import add_cache, add_out, command, prog
 from preprocess.manifest import atomic_write_text
 
 DATASET = "synthsign"
@@ -49,10 +50,11 @@ def _score(ckpt: Path, cache: str, dataset: str, out: Path, beam: int) -> dict[s
     return {split: evaluate(ckpt, cache, dataset, split, beam=beam, out=out / split).wer for split in ("dev", "test")}
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evaluate.demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--cache", default="cache", help="cache root")
-    p.add_argument("--out", default="exp/demo", help="folder for checkpoints, CTMs and results.json")
+    p = argparse.ArgumentParser(prog=prog("evaluate.demo"), description=__doc__.split("\n\n")[0])
+    add_cache(p, default="cache")
+    add_out(p, "folder for checkpoints, CTMs and results.json", default="exp/demo")
     p.add_argument("--workers", type=int, default=2, help="feature-extraction processes")
     p.add_argument("--dataset", default=DATASET,
                    help="dataset name or YAML (default: the built-in synthsign; the teacher config and the "

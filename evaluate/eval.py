@@ -23,8 +23,8 @@ from evaluate.core.normalize import RULE_NAMES
 from models.base import TIME_REDUCTION
 from models.decoding import decode_dataset
 from models.ensemble import checkpoint_paths, load_ensemble
-from preprocess.device import DEVICE_CHOICES, resolve_device
-from preprocess.configs import UserError, print_user_error
+from preprocess.commandline import add_cache, add_device, add_out, command, prog
+from preprocess.device import resolve_device
 from preprocess.manifest import atomic_write_text, read_manifest
 from preprocess.vocab import Vocabulary
 
@@ -75,35 +75,33 @@ def evaluate(ckpt: str | os.PathLike | Sequence[str | os.PathLike], cache: str |
     return result
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evaluate.eval", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=prog("evaluate.eval"), description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", required=True, nargs="+",
                    help="checkpoint (best.pt / last.pt from models.train); several: decode their ensemble")
-    p.add_argument("--cache", required=True, help="cache root")
+    add_cache(p, required=True)
     p.add_argument("--dataset", help="dataset name under the cache root (default: the checkpoint's)")
     p.add_argument("--split", default="dev", help="split to decode and score (default dev)")
     p.add_argument("--beam", type=int, default=10, help="prefix beam width (1: greedy)")
-    p.add_argument("--out", help="output folder (default <ckpt folder>/eval)")
+    add_out(p, "output folder (default <ckpt folder>/eval)")
     p.add_argument("--rules", choices=RULE_NAMES,
                    help="WER normalisation (default: the checkpoint's training rules)")
-    p.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="device to decode on (default cpu)")
+    add_device(p, "device to decode on")
     p.add_argument("--batch-size", type=int, default=8, help="clips per forward pass")
     p.add_argument("--ref", help="reference STM/text file instead of the manifest's glosses")
     p.add_argument("--lm", help="gloss n-gram LM JSON (python -m evaluate.lm) for the beam search")
     p.add_argument("--lm-weight", type=float, default=0.5, help="weight of the LM log-probability in the beam score")
     p.add_argument("--json", action="store_true", help="also print one JSON line: wer sub del ins n_ref")
     args = p.parse_args(argv)
-    try:
-        lm = None
-        if args.lm:
-            from evaluate.core.lm import NGramLM
+    lm = None
+    if args.lm:
+        from evaluate.core.lm import NGramLM
 
-            lm = NGramLM.load(args.lm)
-        result = evaluate(args.ckpt, args.cache, args.dataset, args.split, beam=args.beam, out=args.out,
-                          rules=args.rules, device=resolve_device(args.device), batch_size=args.batch_size, lm=lm,
-                          lm_weight=args.lm_weight, ref=args.ref)
-    except (UserError, ValueError, FileNotFoundError) as e:  # bad input: one line; anything else is a bug
-        return print_user_error(e)
+        lm = NGramLM.load(args.lm)
+    result = evaluate(args.ckpt, args.cache, args.dataset, args.split, beam=args.beam, out=args.out,
+                      rules=args.rules, device=resolve_device(args.device), batch_size=args.batch_size, lm=lm,
+                      lm_weight=args.lm_weight, ref=args.ref)
     print(f"{args.split}: {result.summary()}")
     if args.json:
         print(json.dumps({"split": args.split, **result.to_dict()}))

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from models.base import TIME_REDUCTION, InputSpec
 from models.build import ExportWrapper
 from models.checkpoint import Checkpoint, model_input_names
+from preprocess.commandline import add_cache, add_out, command, prog
 
 PROJECT = "signdistill"
 INPUT_ORDER = ("rgb", "keypoints", "keypoints_mask", "flow")  # positional order in every export
@@ -665,10 +666,11 @@ def _mb(path: Path) -> str:
     return f"{path.stat().st_size / 1e6:.2f} MB"
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evaluate.export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog("evaluate.export"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True, help="checkpoint (best.pt) of a teacher or a student")
-    parser.add_argument("--out", required=True, help="fp32 .onnx file to write")
+    add_out(parser, "fp32 .onnx file to write", required=True)
     parser.add_argument("--int8", action="store_true", help="also write <out stem>.int8.onnx (dynamic int8)")
     parser.add_argument("--int8-ops", default="auto",
                         help=f"op types to quantise, from {','.join(INT8_ALL_OPS)} (default auto: "
@@ -677,8 +679,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-torch check")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest fp32 logit difference accepted")
-    parser.add_argument("--cache", help="cache root whose utterances int8 is compared on "
-                                         "(default: the one the checkpoint was trained from, if present)")
+    add_cache(parser, "feature cache root whose utterances int8 is compared on "
+                      "(default: the one the checkpoint was trained from, if present)")
     parser.add_argument("--compare-split", default="dev", help="cached split int8 is compared on (default dev)")
     parser.add_argument("--compare-utts", type=int, default=16, help="utterances int8 is compared on")
     parser.add_argument("--tflite", action="store_true",
@@ -688,69 +690,65 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-repeats", type=int, default=20, help="timed runs per model for the card")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    try:
-        loaded = load_checkpoint_model(args.ckpt)
-        out = export_onnx(loaded.model, loaded.spec, loaded.vocab, loaded.config, args.out,
-                          loaded.input_names, args.opset, args.level, loaded.preprocess)
-        print(f"wrote {out} ({_mb(out)}); inputs {', '.join(loaded.input_names)}, lengths; "
-              f"outputs {', '.join(OUTPUT_NAMES)}; vocabulary {len(loaded.vocab)}")
-        if not args.no_verify:
-            diff = verify_onnx(out, loaded.model, loaded.spec, loaded.input_names, level=args.level)
-            print(f"onnx.checker ok; onnxruntime vs torch max |logit diff| {diff:.2e}")
-            if diff > args.atol:
-                print(f"error: {out}: onnxruntime differs from torch by {diff:.2e} > {args.atol:.0e}; "
-                      "an op exported wrongly (try another --opset)", file=sys.stderr)
-                return 1
-        files = {"fp32": out}
-        int8_stats = None
-        if args.int8:
-            ops = None if args.int8_ops == "auto" else tuple(o.strip() for o in args.int8_ops.split(",") if o.strip())
-            q = quantize_int8(out, int8_path_for(out), ops)
-            ops = ", ".join(f"{k} x{v}" for k, v in quantized_ops(q).items()) or "none"
-            print(f"wrote {q} ({_mb(q)}); quantised ops: {ops}")
-            cache = args.cache or (_checkpoint_cache(args.ckpt))
-            if cache and Path(cache).is_dir():
-                inputs, lengths, where = cached_inputs(args.ckpt, cache, args.compare_split, args.compare_utts)
-            else:
-                lengths = torch.tensor([200, 150])
-                inputs = example_inputs(loaded.input_names, loaded.spec, lengths.tolist(), seed=2)
-                where = "random inputs (no cache found: pass --cache for real ones)"
-            int8_stats = {**compare_int8(out, q, inputs, lengths), "inputs": where}
-            print(f"int8 vs fp32 on {where}: max |logit diff| {int8_stats['max_abs_diff']:.3f}, "
-                  f"frame argmax agreement {int8_stats['frame_agreement']:.1%}, "
-                  f"greedy sequence agreement {int8_stats['sequence_agreement']:.0%}")
-            files["int8"] = q
-        tflite = None
-        if args.tflite:
-            cache = args.cache or _checkpoint_cache(args.ckpt)
-            if cache and Path(cache).is_dir():
-                inputs, lengths, where = cached_inputs(args.ckpt, cache, args.compare_split, args.compare_utts)
-            else:
-                lengths = torch.tensor([args.tflite_frames] * 2)
-                inputs = example_inputs(loaded.input_names, loaded.spec, lengths.tolist(), seed=2)
-                where = "random inputs (no cache found: pass --cache for real ones)"
-            tflite = {**export_tflite(out, loaded, inputs, lengths, args.tflite_frames, args.latency_repeats),
-                      "inputs": f"{where}, cut to {args.tflite_frames}-frame windows"}
-            for kind in ("float32", "int8"):
-                r = tflite[kind]
-                files[f"tflite {kind}"] = Path(r["path"])
-                print(f"wrote {r['path']} ({r['bytes'] / 1e6:.2f} MB); LiteRT vs onnxruntime fp32 on {tflite['inputs']}: "
-                      f"max |logit diff| {r['max_abs_diff']:.2e}, frame argmax agreement {r['frame_agreement']:.1%}, "
-                      f"greedy sequence agreement {r['sequence_agreement']:.0%}; {r['median_ms']:.2f} ms per "
-                      f"{tflite['frames']}-frame window (1 thread)")
-        if not args.no_card:
-            latency = {name: measure_latency(f, loaded.input_names, loaded.spec, repeats=args.latency_repeats)
-                       for name, f in files.items() if f.suffix == ".onnx"}
-            for kind in ("float32", "int8") if tflite else ():
-                latency[f"tflite {kind}"] = {"frames": tflite["frames"], "threads": 1, "repeats": args.latency_repeats,
-                                             "median_ms": tflite[kind]["median_ms"],
-                                             "p90_ms": tflite[kind].get("p90_ms", tflite[kind]["median_ms"])}
-            js, md = write_model_card(out, model_card(args.ckpt, loaded, files, latency, int8_stats, tflite))
-            print(f"model card: {md} (+ {js.name}); latency " + ", ".join(
-                f"{n} {v['median_ms']:.2f} ms" for n, v in latency.items()) + f" per {latency['fp32']['frames']}-frame clip")
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    loaded = load_checkpoint_model(args.ckpt)
+    out = export_onnx(loaded.model, loaded.spec, loaded.vocab, loaded.config, args.out,
+                      loaded.input_names, args.opset, args.level, loaded.preprocess)
+    print(f"wrote {out} ({_mb(out)}); inputs {', '.join(loaded.input_names)}, lengths; "
+          f"outputs {', '.join(OUTPUT_NAMES)}; vocabulary {len(loaded.vocab)}")
+    if not args.no_verify:
+        diff = verify_onnx(out, loaded.model, loaded.spec, loaded.input_names, level=args.level)
+        print(f"onnx.checker ok; onnxruntime vs torch max |logit diff| {diff:.2e}")
+        if diff > args.atol:
+            print(f"error: {out}: onnxruntime differs from torch by {diff:.2e} > {args.atol:.0e}; "
+                  "an op exported wrongly (try another --opset)", file=sys.stderr)
+            return 1
+    files = {"fp32": out}
+    int8_stats = None
+    if args.int8:
+        ops = None if args.int8_ops == "auto" else tuple(o.strip() for o in args.int8_ops.split(",") if o.strip())
+        q = quantize_int8(out, int8_path_for(out), ops)
+        ops = ", ".join(f"{k} x{v}" for k, v in quantized_ops(q).items()) or "none"
+        print(f"wrote {q} ({_mb(q)}); quantised ops: {ops}")
+        cache = args.cache or (_checkpoint_cache(args.ckpt))
+        if cache and Path(cache).is_dir():
+            inputs, lengths, where = cached_inputs(args.ckpt, cache, args.compare_split, args.compare_utts)
+        else:
+            lengths = torch.tensor([200, 150])
+            inputs = example_inputs(loaded.input_names, loaded.spec, lengths.tolist(), seed=2)
+            where = "random inputs (no cache found: pass --cache for real ones)"
+        int8_stats = {**compare_int8(out, q, inputs, lengths), "inputs": where}
+        print(f"int8 vs fp32 on {where}: max |logit diff| {int8_stats['max_abs_diff']:.3f}, "
+              f"frame argmax agreement {int8_stats['frame_agreement']:.1%}, "
+              f"greedy sequence agreement {int8_stats['sequence_agreement']:.0%}")
+        files["int8"] = q
+    tflite = None
+    if args.tflite:
+        cache = args.cache or _checkpoint_cache(args.ckpt)
+        if cache and Path(cache).is_dir():
+            inputs, lengths, where = cached_inputs(args.ckpt, cache, args.compare_split, args.compare_utts)
+        else:
+            lengths = torch.tensor([args.tflite_frames] * 2)
+            inputs = example_inputs(loaded.input_names, loaded.spec, lengths.tolist(), seed=2)
+            where = "random inputs (no cache found: pass --cache for real ones)"
+        tflite = {**export_tflite(out, loaded, inputs, lengths, args.tflite_frames, args.latency_repeats),
+                  "inputs": f"{where}, cut to {args.tflite_frames}-frame windows"}
+        for kind in ("float32", "int8"):
+            r = tflite[kind]
+            files[f"tflite {kind}"] = Path(r["path"])
+            print(f"wrote {r['path']} ({r['bytes'] / 1e6:.2f} MB); LiteRT vs onnxruntime fp32 on {tflite['inputs']}: "
+                  f"max |logit diff| {r['max_abs_diff']:.2e}, frame argmax agreement {r['frame_agreement']:.1%}, "
+                  f"greedy sequence agreement {r['sequence_agreement']:.0%}; {r['median_ms']:.2f} ms per "
+                  f"{tflite['frames']}-frame window (1 thread)")
+    if not args.no_card:
+        latency = {name: measure_latency(f, loaded.input_names, loaded.spec, repeats=args.latency_repeats)
+                   for name, f in files.items() if f.suffix == ".onnx"}
+        for kind in ("float32", "int8") if tflite else ():
+            latency[f"tflite {kind}"] = {"frames": tflite["frames"], "threads": 1, "repeats": args.latency_repeats,
+                                         "median_ms": tflite[kind]["median_ms"],
+                                         "p90_ms": tflite[kind].get("p90_ms", tflite[kind]["median_ms"])}
+        js, md = write_model_card(out, model_card(args.ckpt, loaded, files, latency, int8_stats, tflite))
+        print(f"model card: {md} (+ {js.name}); latency " + ", ".join(
+            f"{n} {v['median_ms']:.2f} ms" for n, v in latency.items()) + f" per {latency['fp32']['frames']}-frame clip")
     return 0
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from evaluate.core.align import Alignment, align
 from evaluate.core.decode import timed_glosses
+from preprocess.commandline import add_cache, add_out, command, prog
 
 BLANK_COLOUR = "0.75"
 OP_COLOURS = {"C": "tab:green", "S": "tab:red", "D": "tab:purple", "I": "tab:orange"}
@@ -373,56 +374,53 @@ def plot_cached_utterance(ckpt: str | os.PathLike, cache: str | os.PathLike, out
                           seconds_per_step=TIME_REDUCTION / u.fps)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evaluate.plot", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=prog("evaluate.plot"), description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
     c = sub.add_parser("curves", help="training curves of one or more runs, side by side")
     c.add_argument("runs", nargs="+", help="run folders (or metrics.jsonl files)")
-    c.add_argument("--out", default="curves.png", help="output image")
+    add_out(c, "output image", default="curves.png")
     u = sub.add_parser("utterance", help="one cached utterance: posteriors, decoded glosses, alignment")
     u.add_argument("--ckpt", required=True, help="checkpoint to decode with")
-    u.add_argument("--cache", required=True, help="cache root")
+    add_cache(u, required=True)
     u.add_argument("--dataset", help="dataset under the cache root (default: the checkpoint's)")
     u.add_argument("--split", default="dev", help="split the utterance is in")
     u.add_argument("--utt", help="utterance id (default: the split's first)")
     u.add_argument("--beam", type=int, default=10, help="prefix beam width (1: greedy)")
-    u.add_argument("--out", default="utterance.png", help="output image")
+    add_out(u, "output image", default="utterance.png")
     f = sub.add_parser("confusions", help="most frequent confusions of a scored run (its CTM and STM)")
     f.add_argument("--hyp", required=True, help="hypotheses (CTM, e.g. evaluate.eval's <split>.ctm)")
     f.add_argument("--ref", required=True, help="references (STM, e.g. evaluate.eval's <split>.stm)")
     f.add_argument("--top", type=int, default=10, help="confusions shown")
-    f.add_argument("--out", default="confusions.png", help="output image")
+    add_out(f, "output image", default="confusions.png")
     d = sub.add_parser("distill", help="teacher vs student posteriors of one cached utterance")
     d.add_argument("--teacher", required=True, help="teacher checkpoint")
     d.add_argument("--student", required=True, help="student checkpoint")
-    d.add_argument("--cache", required=True, help="cache root")
+    add_cache(d, required=True)
     d.add_argument("--dataset", help="dataset under the cache root (default: each checkpoint's)")
     d.add_argument("--split", default="dev", help="split the utterance is in")
     d.add_argument("--utt", help="utterance id (default: the split's first)")
-    d.add_argument("--out", default="distill.png", help="output image")
+    add_out(d, "output image", default="distill.png")
     for sp in (c, u, f, d):
         sp.add_argument("--svg", action="store_true", help="write SVG instead of PNG")
     args = p.parse_args(argv)
-    try:
-        if args.what == "curves":
-            path = plot_curves(args.runs, args.out, args.svg)
-        elif args.what == "utterance":
-            path = plot_cached_utterance(args.ckpt, args.cache, args.out, args.split, args.utt, args.beam, args.svg,
-                                         args.dataset)
-        elif args.what == "confusions":
-            from evaluate.core.formats import read_transcripts
+    if args.what == "curves":
+        path = plot_curves(args.runs, args.out, args.svg)
+    elif args.what == "utterance":
+        path = plot_cached_utterance(args.ckpt, args.cache, args.out, args.split, args.utt, args.beam, args.svg,
+                                     args.dataset)
+    elif args.what == "confusions":
+        from evaluate.core.formats import read_transcripts
 
-            pairs = aligned_pairs(read_transcripts(args.hyp), read_transcripts(args.ref))
-            path = plot_confusions(pairs, args.out, args.svg, args.top, title=f"confusions of {Path(args.hyp).name}")
-        else:
-            lt, u_t, vocab = utterance_log_probs(args.teacher, args.cache, args.split, args.utt, args.dataset)
-            ls, u_s, vocab_s = utterance_log_probs(args.student, args.cache, args.split, u_t.id, args.dataset)
-            if tuple(vocab) != tuple(vocab_s):
-                raise ValueError(f"{args.teacher} and {args.student} have different vocabularies")
-            path = plot_distill(lt, ls, vocab, args.out, args.svg, ref=u_t.glosses, title=u_t.id)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        pairs = aligned_pairs(read_transcripts(args.hyp), read_transcripts(args.ref))
+        path = plot_confusions(pairs, args.out, args.svg, args.top, title=f"confusions of {Path(args.hyp).name}")
+    else:
+        lt, u_t, vocab = utterance_log_probs(args.teacher, args.cache, args.split, args.utt, args.dataset)
+        ls, u_s, vocab_s = utterance_log_probs(args.student, args.cache, args.split, u_t.id, args.dataset)
+        if tuple(vocab) != tuple(vocab_s):
+            raise ValueError(f"{args.teacher} and {args.student} have different vocabularies")
+        path = plot_distill(lt, ls, vocab, args.out, args.svg, ref=u_t.glosses, title=u_t.id)
     print(path)
     return 0
 

@@ -39,6 +39,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from preprocess.commandline import add_cache, add_device, command, prog
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_NUM_FRAMES = ROOT.parent / "shared" / "data" / "phoenix14" / "annotations" / "manual" / "train.num_frames.csv"
 TEACHER_PRESET = "phoenix14_fusion"  # teachers/<name>.yaml among the presets
@@ -415,7 +417,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evaluate.scale", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=prog("evaluate.scale"), description=__doc__.split("\n\n")[0])
     p.add_argument("--num-frames-csv", default=str(DEFAULT_NUM_FRAMES),
                    help="id,num_frames CSV of the training videos (default: PHOENIX14's under ../shared)")
     p.add_argument("--clips", type=int, default=None, help="generated clips (default 4 on CPU, 64 on CUDA)")
@@ -423,29 +425,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=0, help="timed steps per model (default: one pass on CUDA, 1 on CPU)")
     p.add_argument("--workers", type=int, default=2, help="loader worker processes (default 2)")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_device(p, "training device")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--compile", action="store_true", help="torch.compile the models (eager fallback)")
-    p.add_argument("--cache", default=None, help="keep the generated cache here (default: a temp folder, removed)")
+    add_cache(p, "keep the generated feature cache here (default: a temp folder, removed)")
     p.add_argument("--toy", action="store_true", help="tiny sizes and models (tests: the report's shape only)")
     p.add_argument("--json", default=None, help="also write the report as JSON")
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        from preprocess.device import resolve_device
+    from preprocess.device import resolve_device
 
-        dev = resolve_device(args.device)
-        clips = args.clips or (64 if dev.type == "cuda" else 4)
-        sizes = {**TOY, "workers": 0 if args.workers == 2 else args.workers} if args.toy else {"workers": args.workers}
-        cfg = ScaleConfig(clips=clips, batch_size=args.batch_size, steps=args.steps, **sizes)
-        report = run(cfg, args.num_frames_csv, str(dev), args.cache,
-                     [m.strip() for m in args.models.split(",") if m.strip()], args.threads, args.compile)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    dev = resolve_device(args.device)
+    clips = args.clips or (64 if dev.type == "cuda" else 4)
+    sizes = {**TOY, "workers": 0 if args.workers == 2 else args.workers} if args.toy else {"workers": args.workers}
+    cfg = ScaleConfig(clips=clips, batch_size=args.batch_size, steps=args.steps, **sizes)
+    report = run(cfg, args.num_frames_csv, str(dev), args.cache,
+                 [m.strip() for m in args.models.split(",") if m.strip()], args.threads, args.compile)
     table = markdown(report)
     report["markdown"] = table
     print(table)

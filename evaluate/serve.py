@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from preprocess.commandline import command, prog
+from preprocess.configs import UserError
+
 PAGE = Path(__file__).with_name("web") / "index.html"
 SUFFIX = re.compile(r"\.[a-z0-9]{1,5}")  # an upload's extension kept on the temp file (decoders sniff it)
 
@@ -189,8 +192,9 @@ def _save(file, path: Path, limit: int) -> int:
     return size
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evaluate.serve", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=prog("evaluate.serve"), description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="exported .onnx model (or a checkpoint)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -203,14 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvicorn
     except ImportError:
-        print("error: the web page needs the serve extra: pip install -e '.[serve]'", file=sys.stderr)
-        return 2
-    try:
-        cfg = ServeConfig(args.model, args.beam, args.max_seconds, args.max_mb, args.threads)
-        app = create_app(cfg, Path(args.results) if args.results else None)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError("the web page needs the serve extra: pip install -e '.[serve]'") from None
+    cfg = ServeConfig(args.model, args.beam, args.max_seconds, args.max_mb, args.threads)
+    app = create_app(cfg, Path(args.results) if args.results else None)
     print(f"serving {args.model} on http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 import numpy as np
 
 from models.base import InputSpec
+from preprocess.commandline import command, prog
 
 if TYPE_CHECKING:
     from models.checkpoint import Checkpoint
@@ -453,6 +454,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + f"\n\n(CPU, {th} thread(s), batch 1, median over repeats after warm-up)"
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--scale", choices=SCALES, help="run the training-scale benchmark instead")
@@ -461,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         from evaluate.scale import main as scale_main
 
         return scale_main(rest)
-    parser = argparse.ArgumentParser(prog="python -m evaluate.speed", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog("evaluate.speed"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=SCALES,
                         help="run the training-scale benchmark instead (python -m evaluate.scale; its options follow)")
     parser.add_argument("--ckpt", nargs="*", default=[], help="checkpoint(s), one table row each")
@@ -486,34 +488,30 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --ckpt and/or --onnx")
     if args.onnx and len(args.ckpt) > 1:
         parser.error("--onnx belongs to one checkpoint; give a single --ckpt with it")
-    try:
-        common = dict(frames=args.frames, threads=args.threads, repeats=args.repeats, warmup=args.warmup)
-        rows = [benchmark_checkpoint(c, args.onnx, args.int8, **common) for c in args.ckpt]
-        if not args.ckpt:
-            rows.append(benchmark_onnx(args.onnx, **common))
-            if args.int8:
-                rows.append(benchmark_onnx(args.int8, **common))
-        print(markdown_table(rows))
-        result: dict[str, Any] = {"rows": rows}
-        if args.live:
-            clip = default_clip() if args.live == "auto" else Path(args.live)
-            if clip is None:
-                raise FileNotFoundError(f"no live clip: {DEFAULT_CLIP} not found under ../shared; pass --live CLIP")
-            model = args.int8 or args.onnx or args.ckpt[0]
-            live = live_fps(clip, model, args.live_frames, args.threads, loops=args.live_loops,
-                            workers=args.live_workers)
-            result["live"] = live
-            print(f"\nlive ({Path(clip).name}, {live['frames']} frames): {live['steady_fps']:.1f} frames/s "
-                  f"sustained, {live['fps']:.1f} with the {live['startup_s']:.2f} s start-up | "
-                  f"MediaPipe {live['landmarks_ms_per_frame']:.1f} ms/frame on {live['workers']} thread(s), "
-                  f"waited {live['wait_ms_per_frame']:.1f} ms/frame | model {live['model_ms_per_run']:.2f} "
-                  f"ms/run x {live['runs']} | other {live['other_ms_per_frame']:.1f} ms/frame")
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    common = dict(frames=args.frames, threads=args.threads, repeats=args.repeats, warmup=args.warmup)
+    rows = [benchmark_checkpoint(c, args.onnx, args.int8, **common) for c in args.ckpt]
+    if not args.ckpt:
+        rows.append(benchmark_onnx(args.onnx, **common))
+        if args.int8:
+            rows.append(benchmark_onnx(args.int8, **common))
+    print(markdown_table(rows))
+    result: dict[str, Any] = {"rows": rows}
+    if args.live:
+        clip = default_clip() if args.live == "auto" else Path(args.live)
+        if clip is None:
+            raise FileNotFoundError(f"no live clip: {DEFAULT_CLIP} not found under ../shared; pass --live CLIP")
+        model = args.int8 or args.onnx or args.ckpt[0]
+        live = live_fps(clip, model, args.live_frames, args.threads, loops=args.live_loops,
+                        workers=args.live_workers)
+        result["live"] = live
+        print(f"\nlive ({Path(clip).name}, {live['frames']} frames): {live['steady_fps']:.1f} frames/s "
+              f"sustained, {live['fps']:.1f} with the {live['startup_s']:.2f} s start-up | "
+              f"MediaPipe {live['landmarks_ms_per_frame']:.1f} ms/frame on {live['workers']} thread(s), "
+              f"waited {live['wait_ms_per_frame']:.1f} ms/frame | model {live['model_ms_per_run']:.2f} "
+              f"ms/run x {live['runs']} | other {live['other_ms_per_frame']:.1f} ms/frame")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

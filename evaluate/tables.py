@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 import yaml
 
+from preprocess.commandline import add_cache, add_out, command, prog
 from preprocess.configs import preset_dir
 from preprocess.manifest import atomic_write_text
 
@@ -465,14 +466,15 @@ def students_markdown(table: dict[str, Any], s: Settings) -> str:
 # ----------------------------------------------------------------------------------- CLI
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evaluate.tables", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=prog("evaluate.tables"), description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=("teachers", "students", "all"), help="which table(s)")
     p.add_argument("--runs", help="run folders (default exp/teachers or exp/students; not with 'all')")
     p.add_argument("--teacher-runs", default=str(DEFAULT_TEACHER_RUNS), help="teacher runs for 'all'")
     p.add_argument("--student-runs", default=str(DEFAULT_STUDENT_RUNS), help="student runs for 'all'")
     p.add_argument("--recipes", default=None, help="recipe folder (default: the recipes presets)")
-    p.add_argument("--cache", default="cache", help="cache root (default cache)")
+    add_cache(p, default="cache")
     p.add_argument("--dataset", help="dataset under the cache (default: each checkpoint's own)")
     p.add_argument("--beam", type=int, default=10, help="prefix beam width (default 10)")
     p.add_argument("--frames", type=int, default=200, help="frames per timed clip (default 200)")
@@ -484,34 +486,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-batches", type=int, default=10,
                    help="teachers: training steps timed for clips/s (default 10; 0: the training log's median)")
     p.add_argument("--no-onnx", action="store_true", help="students: skip the int8 ONNX export (size and speed)")
-    p.add_argument("--out", help="also write the markdown here")
+    add_out(p, "also write the markdown here")
     p.add_argument("--json", help="also write every figure as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
     if args.runs and args.what == "all":
         p.error("--runs names one table's folder; with 'all' use --teacher-runs and --student-runs")
-    try:
-        s = Settings(cache=args.cache, dataset=args.dataset, beam=args.beam, frames=args.frames,
-                     threads=args.threads, repeats=args.repeats, warmup=args.warmup, onnx=not args.no_onnx,
-                     stat=args.stat, train_batches=args.train_batches)
-        if not Path(args.cache).is_dir():
-            raise FileNotFoundError(f"{args.cache}: no cache folder; pass --cache or run `make features` first")
-        torch.set_num_threads(s.threads)
-        result: dict[str, Any] = {"settings": asdict(s), "cpu": cpu_name(), "torch": torch.__version__}
-        parts = []
-        if args.what in ("teachers", "all"):
-            runs = args.runs if args.what == "teachers" and args.runs else args.teacher_runs
-            result["teachers"] = teacher_table(runs, s, progress=not args.quiet)
-            parts.append("### Teachers\n\n" + teachers_markdown(result["teachers"], s))
-        if args.what in ("students", "all"):
-            if args.recipes and not Path(args.recipes).is_dir():
-                raise FileNotFoundError(f"{args.recipes}: no recipe folder; pass --recipes")
-            runs = args.runs if args.what == "students" and args.runs else args.student_runs
-            result["students"] = student_table(runs, s, args.recipes, progress=not args.quiet)
-            parts.append("### Students: CTC only vs distilled\n\n" + students_markdown(result["students"], s))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 2
+    s = Settings(cache=args.cache, dataset=args.dataset, beam=args.beam, frames=args.frames,
+                 threads=args.threads, repeats=args.repeats, warmup=args.warmup, onnx=not args.no_onnx,
+                 stat=args.stat, train_batches=args.train_batches)
+    if not Path(args.cache).is_dir():
+        raise FileNotFoundError(f"{args.cache}: no cache folder; pass --cache or run `make features` first")
+    torch.set_num_threads(s.threads)
+    result: dict[str, Any] = {"settings": asdict(s), "cpu": cpu_name(), "torch": torch.__version__}
+    parts = []
+    if args.what in ("teachers", "all"):
+        runs = args.runs if args.what == "teachers" and args.runs else args.teacher_runs
+        result["teachers"] = teacher_table(runs, s, progress=not args.quiet)
+        parts.append("### Teachers\n\n" + teachers_markdown(result["teachers"], s))
+    if args.what in ("students", "all"):
+        if args.recipes and not Path(args.recipes).is_dir():
+            raise FileNotFoundError(f"{args.recipes}: no recipe folder; pass --recipes")
+        runs = args.runs if args.what == "students" and args.runs else args.student_runs
+        result["students"] = student_table(runs, s, args.recipes, progress=not args.quiet)
+        parts.append("### Students: CTC only vs distilled\n\n" + students_markdown(result["students"], s))
     text = "\n\n".join(parts) + "\n"
     print(text, end="")
     if args.out:

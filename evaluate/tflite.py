@@ -32,7 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocess.commandline import command, prog
+from preprocess.configs import UserError
+
 OUTPUTS = ("logits", "out_lengths")
+INPUT_ARRAYS = ("keypoints", "keypoints_mask", "lengths")  # what --inputs holds
+
+
+class ConversionError(UserError):
+    """onnx2tf did not write a model; its log, printed above, says which op it refused."""
 
 
 def _greedy(logits: np.ndarray, n: int) -> list[int]:
@@ -72,7 +80,7 @@ def convert(onnx_path: Path, out_dir: Path, frames: int) -> dict[str, Path]:
         for kind, src in (("float32", work / f"{stem}_float32.tflite"),
                           ("int8", work / f"{stem}_dynamic_range_quant.tflite")):
             if not src.is_file():
-                raise RuntimeError(f"onnx2tf wrote no {src.name}; see its log above")
+                raise ConversionError(f"onnx2tf wrote no {src.name}; see its log above")
             shutil.copyfile(src, files[kind])
     return files
 
@@ -131,8 +139,9 @@ def check(onnx_path: Path, files: dict[str, Path], inputs: dict[str, np.ndarray]
     return report
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evaluate.tflite", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=prog("evaluate.tflite"), description=__doc__.split("\n\n")[0])
     p.add_argument("--onnx", required=True, help="exported landmark model (evaluate.export)")
     p.add_argument("--out-dir", help="folder for the .tflite files (default: beside the .onnx)")
     p.add_argument("--frames", type=int, default=128, help="the static window the TFLite graphs take")
@@ -140,29 +149,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--convert-only", action="store_true", help="convert and print the files; no check")
     p.add_argument("--repeats", type=int, default=20, help="timed LiteRT runs per model")
     args = p.parse_args(argv)
+    if not args.convert_only and not args.inputs:
+        p.error("give --inputs (the arrays the check runs on), or --convert-only")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     onnx_path = Path(args.onnx)
     out_dir = Path(args.out_dir) if args.out_dir else onnx_path.parent
-    try:
-        if args.convert_only:
-            files = convert(onnx_path, out_dir, args.frames)
-            print(json.dumps({k: str(v) for k, v in files.items()}))
-            return 0
-        data = dict(np.load(args.inputs))
-        if data["keypoints"].shape[1] != args.frames:
-            raise ValueError(f"{args.inputs}: inputs have {data['keypoints'].shape[1]} frames, not --frames {args.frames}")
-        # convert in a child process: a process that loaded TensorFlow would run TF ops (Flex) that
-        # the LiteRT interpreter on a phone does not have, so the check here must never load it
-        proc = subprocess.run([sys.executable, "-m", "evaluate.tflite", "--convert-only", "--onnx", str(onnx_path),
-                               "--out-dir", str(out_dir), "--frames", str(args.frames)],
-                              stdout=subprocess.PIPE, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{onnx_path}: conversion failed (exit {proc.returncode}); see the log above")
-        files = {k: Path(v) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
-        report = check(onnx_path, files, data, args.repeats)
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.convert_only:
+        files = convert(onnx_path, out_dir, args.frames)
+        print(json.dumps({k: str(v) for k, v in files.items()}))
+        return 0
+    data = dict(np.load(args.inputs))
+    missing = [k for k in INPUT_ARRAYS if k not in data]
+    if missing:
+        raise UserError(f"{args.inputs}: no array(s) {missing}; it needs {list(INPUT_ARRAYS)}")
+    if data["keypoints"].shape[1] != args.frames:
+        raise ValueError(f"{args.inputs}: inputs have {data['keypoints'].shape[1]} frames, not --frames {args.frames}")
+    # convert in a child process: a process that loaded TensorFlow would run TF ops (Flex) that
+    # the LiteRT interpreter on a phone does not have, so the check here must never load it
+    proc = subprocess.run([sys.executable, "-m", "evaluate.tflite", "--convert-only", "--onnx", str(onnx_path),
+                           "--out-dir", str(out_dir), "--frames", str(args.frames)],
+                          stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise ConversionError(f"{onnx_path}: conversion failed (exit {proc.returncode}); see the log above")
+    files = {k: Path(v) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+    report = check(onnx_path, files, data, args.repeats)
     print(json.dumps(report))
     return 0
 

@@ -24,13 +24,14 @@ import logging
 
 from evaluate.core.normalize import RULE_NAMES
 from evaluate.core.wer import format_report, score_files
-from preprocess.configs import UserError
+from preprocess.commandline import command, prog
 from preprocess.manifest import atomic_write_text
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="evaluate/wer.py",
+        prog=prog("evaluate.wer"),
         description="WER equal to the official sclite-based evaluation (CTM/STM or plain text).",
     )
     p.add_argument("--hyp", required=True, help="hypotheses: CTM or `id gloss ...` lines")
@@ -45,13 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", metavar="FILE", help="write per-utterance alignments to FILE")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
-    try:
-        result = score_files(args.hyp, args.ref, args.rules)
-        if args.report:
-            atomic_write_text(args.report, format_report(result) + "\n")
-    except UserError as e:  # FormatError, ScoringError, a report that cannot be written: one line
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = score_files(args.hyp, args.ref, args.rules)
+    if args.report:
+        atomic_write_text(args.report, format_report(result) + "\n")
     if args.json:
         print(json.dumps(result.to_dict()))
     else:

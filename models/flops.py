@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.lrinet import LRINet, LRINetConfig
+from preprocess.commandline import command, prog
 
 PAPER_PARAMS_M = 10.5  # CRKD paper, LRINet at 72 x 72 (millions)
 PAPER_GFLOPS = 257.0  # CRKD paper, 200 frames at 72 x 72; multiply-accumulates (see module docstring)
@@ -110,18 +110,15 @@ def format_card(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.flops", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog("models.flops"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=72, help="input side r (56, 72, 88, 104)")
     parser.add_argument("--frames", type=int, default=200, help="clip length")
     parser.add_argument("--vocab", type=int, default=PHOENIX14_VOCAB, help="classifier width")
     parser.add_argument("--json", type=Path, default=None, help="also write the card to this JSON file")
     args = parser.parse_args(argv)
-    try:
-        card = lrinet_card(args.size, args.frames, args.vocab)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    card = lrinet_card(args.size, args.frames, args.vocab)
     print(format_card(card))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

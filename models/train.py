@@ -44,9 +44,9 @@ from models.build import ModelConfig, build_model
 from models.checkpoint import check_compatible, load_checkpoint, remove_stale_temps, save_checkpoint, spec_to_dict
 from models.data import (AugmentConfig, BucketBatchSampler, CacheDataset, collate, collate_uint8, make_loader,
                          meta_config, to_device)
-from preprocess.configs import (ConfigError, UserError, from_dict, load_yaml, preset_dir, preset_names, preset_path,
-                                print_user_error)
-from preprocess.device import DEVICE_CHOICES, resolve_device
+from preprocess.commandline import add_cache, add_device, add_out, command, prog
+from preprocess.configs import ConfigError, from_dict, load_yaml, preset_dir, preset_names, preset_path
+from preprocess.device import resolve_device
 from preprocess.manifest import atomic_write_text
 
 if TYPE_CHECKING:
@@ -810,16 +810,16 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist, hooks: TrainHoo
     return summary
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=prog("models.train"), description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="training YAML, or a preset name (configs/teachers/<name>.yaml)")
-    p.add_argument("--cache", help="cache root (overrides data.cache)")
+    add_cache(p, "feature cache root (overrides data.cache)")
     p.add_argument("--dataset", help="dataset under the cache root (overrides data.dataset): one config, any corpus")
-    p.add_argument("--out", help="output folder (default exp/teachers/<config name>, or <config name>_<dataset> "
-                   "with --dataset)")
+    add_out(p, "output folder (default exp/teachers/<config name>, or <config name>_<dataset> with --dataset)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt when it exists")
     p.add_argument("--epochs", type=int, help="override train.epochs (e.g. to extend a finished run)")
-    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto: CUDA when available, else CPU")
+    add_device(p, "training device")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, cache=args.cache, epochs=args.epochs)
@@ -831,8 +831,6 @@ def main(argv: list[str] | None = None) -> int:
         train(cfg, out, resume=args.resume, device=args.device)
     except TrainingStopped:
         return 1  # already logged to stderr and train.log
-    except (UserError, ValueError, FileNotFoundError) as e:  # bad input: one line; anything else is a bug
-        return print_user_error(e)
     return 0
 
 

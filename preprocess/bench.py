@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from preprocess.commandline import add_device, add_out, command, prog
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLIPS = REPO_ROOT.parent / "shared" / "clips"
 DEFAULT_NUM_FRAMES = REPO_ROOT.parent / "shared" / "data" / "phoenix14" / "annotations" / "manual" / "train.num_frames.csv"
@@ -395,9 +397,10 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m preprocess.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=None, help="write the figures as JSON to this file")
+    p = argparse.ArgumentParser(prog=prog("preprocess.bench"), description=__doc__.split("\n")[0])
+    add_out(p, "write the figures as JSON to this file")
     p.add_argument("--clips", default=str(DEFAULT_CLIPS), help="folder of real .mp4 clips (skipped when absent)")
     p.add_argument("--synth-preset", default="tiny", help="synthsign preset to generate (tiny, demo, default)")
     p.add_argument("--no-synthsign", action="store_true", help="skip the synthsign part")
@@ -407,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="--scale: driver worker counts (those above the CPU count are reported as not measured)")
     p.add_argument("--raft-pairs", type=int, default=None, help="--scale: frame pairs per flow method "
                    "(default 4 on CPU, 64 on CUDA)")
-    p.add_argument("--flow-device", default="auto", help="--scale: RAFT device (auto | cpu | cuda)")
+    add_device(p, "--scale: RAFT device", flag="--flow-device")
     p.add_argument("--num-frames-csv", default=str(DEFAULT_NUM_FRAMES),
                    help="--scale: id,num_frames CSV of the training videos (dev/test siblings are added when present)")
     args = p.parse_args(argv)
@@ -455,23 +458,22 @@ def main_scale(args: argparse.Namespace) -> int:
     from preprocess.device import resolve_device
 
     cv2.setNumThreads(1)
+    dev = resolve_device(args.flow_device, "--flow-device")
     try:
-        dev = resolve_device(args.flow_device, "--flow-device")
         wanted = sorted({int(w) for w in args.workers_list.split(",") if w.strip()})
-        if not wanted or min(wanted) < 1:
-            raise ValueError(f"--workers-list needs counts >= 1, got {args.workers_list!r}")
-        csv_path = Path(args.num_frames_csv)
-        if not csv_path.is_file():
-            raise FileNotFoundError(f"{csv_path}: no frame-count CSV; pass --num-frames-csv (PHOENIX14's "
-                                    "annotations/manual/train.num_frames.csv)")
-        cores = os.cpu_count() or 1
-        measured, skipped = [w for w in wanted if w <= cores], [w for w in wanted if w > cores]
-        pairs = args.raft_pairs or (64 if dev.type == "cuda" else 4)
-        with tempfile.TemporaryDirectory(prefix="signdistill-bench-scale-") as tmp:
-            res = bench_scale(Path(args.clips), Path(tmp), measured, pairs, str(dev), csv_path)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    except ValueError:  # not a comma-separated list of integers
+        wanted = []
+    if not wanted or min(wanted) < 1:
+        raise ValueError(f"--workers-list needs comma-separated counts >= 1, got {args.workers_list!r}")
+    csv_path = Path(args.num_frames_csv)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{csv_path}: no frame-count CSV; pass --num-frames-csv (PHOENIX14's "
+                                "annotations/manual/train.num_frames.csv)")
+    cores = os.cpu_count() or 1
+    measured, skipped = [w for w in wanted if w <= cores], [w for w in wanted if w > cores]
+    pairs = args.raft_pairs or (64 if dev.type == "cuda" else 4)
+    with tempfile.TemporaryDirectory(prefix="signdistill-bench-scale-") as tmp:
+        res = bench_scale(Path(args.clips), Path(tmp), measured, pairs, str(dev), csv_path)
     res["machine"] = {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()}
     res["workers_not_measured"] = skipped
     table = markdown_scale(res, skipped)

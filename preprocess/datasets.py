@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from preprocess.commandline import add_out, command, prog
 from preprocess.configs import ConfigError, UserError, check_keys, load_yaml, preset_dir, preset_names, preset_path
 from preprocess.keypoint_io import (KEYPOINT_SUFFIXES, KeypointFileError, keypoint_fps, keypoint_frame_size,
                                    keypoint_num_frames)
@@ -652,20 +653,17 @@ def prepare_dataset(config: DatasetConfig, out_dir: str | os.PathLike) -> list[U
     return prepare(config.reader, config.root, out_dir, **config.reader_kwargs())
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m preprocess.datasets",
+    parser = argparse.ArgumentParser(prog=prog("preprocess.datasets"),
                                      description="Write manifest.jsonl and vocab.json for one dataset.")
     parser.add_argument("dataset", help=f"dataset name ({', '.join(available_datasets())}) or path to a YAML")
-    parser.add_argument("--out", required=True, help="output folder (usually <cache>/<dataset>)")
+    add_out(parser, "output folder (usually <cache>/<dataset>)", required=True)
     parser.add_argument("--data-root", default=None, help="corpus folder (overrides the YAML root and DATA_ROOT)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        config = load_dataset_config(args.dataset, args.data_root)
-        utts = prepare_dataset(config, args.out)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    config = load_dataset_config(args.dataset, args.data_root)
+    utts = prepare_dataset(config, args.out)
     print(f"{config.name}: {len(utts)} utterances -> {Path(args.out) / 'manifest.jsonl'}")
     return 0
 

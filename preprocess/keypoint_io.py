@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocess.commandline import add_cache, add_out, command, prog
 from preprocess.configs import UserError
 from preprocess.layouts import FACE, HOLISTIC_543, LEFT_HAND, POSE, RIGHT_HAND, SUBSETS, layout_name
 
@@ -440,42 +441,35 @@ def render_utterance(cache: str | os.PathLike, dataset: str, utt: str, out: str 
                             u.fps or 25.0, size, layout, caption=u.glosses)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m preprocess.keypoint_io", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=prog("preprocess.keypoint_io"), description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("to-pose", help="export cached landmarks of one split as .pose files")
-    p.add_argument("--cache", required=True, help="cache root (holds <dataset>/meta.json)")
+    add_cache(p, "feature cache root (holds <dataset>/meta.json)", required=True)
     p.add_argument("--dataset", required=True, help="dataset name inside the cache")
     p.add_argument("--split", required=True, help="train, dev or test")
-    p.add_argument("--out", required=True, help="output folder for <id>.pose")
+    add_out(p, "output folder for <id>.pose", required=True)
     p.add_argument("--manifest", default=None, help="manifest with fps (default <cache>/<dataset>/manifest.jsonl)")
     p.add_argument("--width", type=int, default=None,
                    help="frame width x is scaled to (default: each utterance's own video size)")
     p.add_argument("--height", type=int, default=None,
                    help="frame height y is scaled to (default: each utterance's own video size)")
     r = sub.add_parser("render", help="draw one cached utterance's landmarks as an MP4 (no video needed)")
-    r.add_argument("--cache", required=True, help="cache root (holds <dataset>/meta.json)")
+    add_cache(r, "feature cache root (holds <dataset>/meta.json)", required=True)
     r.add_argument("--dataset", required=True, help="dataset name inside the cache")
     r.add_argument("--utt", required=True, help="utterance id")
-    r.add_argument("--out", required=True, help="output .mp4")
+    add_out(r, "output .mp4", required=True)
     r.add_argument("--width", type=int, default=None, help="video width (default: the source's, at most 720)")
     r.add_argument("--height", type=int, default=None, help="video height (default: the source's, at most 720)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.command == "render":
-        try:
-            n = render_utterance(args.cache, args.dataset, args.utt, args.out, args.width, args.height)
-        except (FileNotFoundError, ValueError, KeyError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        n = render_utterance(args.cache, args.dataset, args.utt, args.out, args.width, args.height)
         print(f"wrote {args.out} ({n} frames)")
         return 0
-    try:
-        written, failed = export_split(args.cache, args.dataset, args.split, args.out,
-                                       args.width, args.height, args.manifest)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    written, failed = export_split(args.cache, args.dataset, args.split, args.out,
+                                   args.width, args.height, args.manifest)
     print(f"wrote {written} .pose files to {args.out}" + (f", {failed} failed" if failed else ""))
     return 1 if failed else 0
 
