@@ -22,14 +22,12 @@ from __future__ import annotations
 import argparse
 import functools
 import linecache
-import re
 from typing import Callable, Sequence
 
 from preprocess.configs import UserError, print_user_error
-from preprocess.device import DEVICE_CHOICES
+from preprocess.device import DEVICE_CHOICES, is_device_name
 
 PACKAGES = ("preprocess", "models", "distill", "evaluate")  # the project's top-level packages
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 Main = Callable[[Sequence[str] | None], int]
 invoked_as: str | None = None  # "signdistill <command>" while the dispatcher runs a command
@@ -74,7 +72,7 @@ def is_user_error(e: BaseException) -> bool:
 
 def device_arg(text: str) -> str:
     """argparse ``type`` of a device option: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
-    if not _DEVICE.fullmatch(text):
+    if not is_device_name(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a device; choose one of {', '.join(DEVICE_CHOICES)} "
                                          "(or cuda:N)")
     return text

@@ -7,6 +7,7 @@ work starts.
 """
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from preprocess.configs import UserError
@@ -15,6 +16,12 @@ if TYPE_CHECKING:
     import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def is_device_name(text: str) -> bool:
+    """Whether ``text`` is a device :func:`resolve_device` takes: one of DEVICE_CHOICES or ``cuda:N``."""
+    return bool(_NAME.fullmatch(text))
 
 
 class DeviceError(UserError):

@@ -19,11 +19,11 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from preprocess.device import DEVICE_CHOICES, is_device_name
 from preprocess.video import resize_crop
 
 METHODS = ("dis", "tvl1", "farneback", "raft_small", "raft_large", "none")
 DTYPES = ("int8", "float16")
-DEVICES = ("auto", "cpu", "cuda")
 DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -39,7 +39,7 @@ class FlowConfig:
     dtype: str = "int8"  # storage dtype in the cache: "int8" (scale clip/127) or "float16"
     clip: float = 16.0  # displacements are clipped to +-clip pixels before storage
     raft_weights: str | None = None  # RAFT checkpoint file; None: look in torch.hub.get_dir()/checkpoints
-    device: str = "auto"  # RAFT device: "auto" (cuda when available), "cpu" or "cuda"
+    device: str = "auto"  # RAFT device: "auto" (cuda when available), "cpu", "cuda" or "cuda:N"
     dis_preset: str = "fast"  # DIS speed/quality preset: "ultrafast" | "fast" | "medium"
     raft_iters: int = 12  # RAFT refinement iterations; the last one's flow is kept
     raft_batch: int = 8  # frame pairs per RAFT forward pass
@@ -49,8 +49,8 @@ class FlowConfig:
             raise ValueError(f"flow method {self.method!r} is unknown; choose one of {METHODS}")
         if self.dtype not in DTYPES:
             raise ValueError(f"flow dtype {self.dtype!r} is unknown; choose one of {DTYPES}")
-        if self.device not in DEVICES:
-            raise ValueError(f"flow device {self.device!r} is unknown; choose one of {DEVICES}")
+        if not is_device_name(self.device):
+            raise ValueError(f"flow device {self.device!r} is unknown; choose one of {DEVICE_CHOICES} (or cuda:N)")
         if self.dis_preset not in DIS_PRESETS:
             raise ValueError(f"dis_preset {self.dis_preset!r} is unknown; choose one of {tuple(DIS_PRESETS)}")
         if self.size < 8:

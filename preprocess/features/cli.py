@@ -9,10 +9,11 @@ import logging
 import os
 import sys
 
-from preprocess.configs import UserError, print_user_error
+from preprocess.commandline import add_cache, add_device, command, prog
+from preprocess.configs import UserError
 from preprocess.features.config import LANDMARK_MODES, STAGES
 from preprocess.features.driver import Report, run
-from preprocess.flow import DEVICES, DTYPES as FLOW_DTYPES, METHODS as FLOW_METHODS
+from preprocess.flow import DTYPES as FLOW_DTYPES, METHODS as FLOW_METHODS
 
 
 def _fmt_rate(frames: int, seconds: float) -> str:
@@ -48,10 +49,10 @@ def _fmt_bytes(n: int) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m preprocess.features", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog=prog("preprocess.features"), description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True, help="dataset name (configs/datasets/<name>.yaml) or a YAML path")
     p.add_argument("--data-root", default=None, help="folder holding the corpus (overrides the YAML's root)")
-    p.add_argument("--cache", default="cache", help="cache root; files go to <cache>/<dataset>/<split>/<id>.npz")
+    add_cache(p, "feature cache root; files go to <cache>/<dataset>/<split>/<id>.npz", default="cache")
     p.add_argument("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)),
                    help="worker processes, one MediaPipe graph each (1 = in-process; default: half the cores)")
     p.add_argument("--shard", default="0/1", help="i/n: process utterances k with k %% n == i")
@@ -69,11 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--flow-dtype", choices=FLOW_DTYPES, default=None, help="flow storage dtype")
     g.add_argument("--flow-clip", type=float, default=None, help="flow clip in pixels")
     g.add_argument("--raft-weights", default=None, help="local RAFT checkpoint")
-    g.add_argument("--flow-device", dest="device", choices=DEVICES, default=None, help="RAFT device")
+    add_device(g, "RAFT device", default=None, flag="--flow-device", dest="device")
     g.add_argument("--max-frames", type=int, default=None, help="keep at most N frames per video (0 = all)")
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
@@ -84,8 +86,6 @@ def main(argv: list[str] | None = None) -> int:
         if not 0.0 <= args.max_failed_frac <= 1.0:
             raise UserError(f"--max-failed-frac must be in [0, 1], got {args.max_failed_frac}")
         rep = run(args, console)
-    except (UserError, ValueError, OSError) as e:  # configuration problems: one line, exit 2
-        return print_user_error(e)
     except KeyboardInterrupt:
         console.print("interrupted: finished files are kept; run the same command again to resume", markup=False)
         return 130
