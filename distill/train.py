@@ -29,7 +29,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -375,124 +375,164 @@ def _json_safe(x: Any) -> Any:
     return json.loads(json.dumps(x, default=str))
 
 
+@dataclass
+class _Teacher:
+    """What distillation needs from the teacher, prepared once before the stages."""
+
+    info: dict[str, Any] | None = None  # saved in every checkpoint: path, fingerprint, online
+    cache: TeacherCache | None = None  # its cached outputs on the training split (teacher.online: False)
+    online: nn.Module | None = None  # the frozen teacher itself, run inside the training loop (teacher.online)
+    projectors: nn.ModuleDict | None = None  # student -> teacher feature maps, trained beside the student
+    cache_s: float = 0.0  # seconds spent building the output cache
+
+
+def _probe_student(recipe: Recipe) -> tuple[InputSpec, nn.Module, ModelOutput]:
+    """The inputs the student reads from the cache, a probe instance of it and its output on a probe
+    clip; refuses a student that cannot read this cache, or a cache without a vocabulary."""
+    dc = recipe.data
+    vocab_path = cache_lib.dataset_dir(dc.cache, dc.dataset) / "vocab.json"
+    meta = cache_lib.read_meta(dc.cache, dc.dataset)
+    if not vocab_path.is_file():
+        raise FileNotFoundError(f"{vocab_path}: no vocabulary; run `make features DATASET={dc.dataset}` first")
+    spec = input_spec(meta, dc.augment.crop_size, recipe.streams)
+    try:
+        student = build_recipe_student(recipe.student, len(Vocabulary.load(vocab_path)), spec)
+    except ValueError as e:
+        raise ValueError(f"recipe {recipe.name}: {e}") from None
+    return spec, student, probe(student, spec, recipe.streams)
+
+
+def _prepare_teacher(recipe: Recipe, teacher: str | Sequence[str] | None, out_dir: Path, spec: InputSpec,
+                     probe_student: nn.Module, student_out: ModelOutput, train_teacher: bool,
+                     rebuild_teacher_cache: bool, device: str) -> _Teacher:
+    """Resolve and check the teacher (vocabulary, extractor settings, time reduction), then cache its
+    outputs on the training split, or keep it to run online; and the feature projectors."""
+    dc, streams = recipe.data, recipe.streams
+    given = [None] if teacher is None else [str(p) for p in checkpoint_paths(teacher)]  # several: an ensemble
+    tpath = [resolve_teacher(recipe, p, dc.cache, train_teacher, device) for p in given]
+    tmodel, tckpt = load_ensemble(tpath)
+    for p, member in zip(tpath, tckpt.members or [tckpt]):
+        check_compatible(member, dc.cache, dc.dataset, ckpt_name=f"teacher {p}")
+    tname = ",".join(map(str, tpath))
+    check_time_reduction(tmodel, tckpt.spec, tckpt.streams, probe_student, spec, streams, tname)
+    out = _Teacher(info={"path": tname, "fingerprint": teacher_fingerprint(tckpt), "online": recipe.teacher.online})
+    warn_if_teacher_weaker(tpath, out_dir)
+    if recipe.teacher.online:
+        out.online = check_online_teacher(recipe, tmodel, tckpt, spec, streams, tname).to(device)
+        teacher_dims = {n: int(f.shape[-1]) for n, f in
+                        probe(tmodel, spec, streams).features.items() if n in recipe.teacher.features}
+    else:
+        del tmodel
+        t0 = time.time()
+        out.cache = prepare_teacher_cache(tpath, dc.cache, dc.dataset, dc.train_split,
+                                          out_dir / "teacher_outputs" / dc.train_split, recipe.teacher.features,
+                                          recipe.teacher.reduce_dim, rebuild=rebuild_teacher_cache)
+        out.cache_s = time.time() - t0
+        teacher_dims = out.cache.dims
+    torch.manual_seed(recipe.train.seed + 1)  # projectors: their own seed, the student's init is untouched
+    out.projectors = make_projectors(recipe, student_out, teacher_dims)
+    return out
+
+
+def _stage_data(recipe: Recipe, stage: StageConfig, teacher: TeacherCache | None, segments: dict[str, list[list[int]]] | None
+                ) -> Callable[[CacheDataset], Dataset]:
+    """How a stage wraps the training split: sentences (+ cached teacher outputs), gloss segments, or both."""
+    dc, lm_aug = recipe.data, recipe.landmark_augment
+    if stage.data == "segments":
+        def wrap(ds: CacheDataset) -> Dataset:
+            return SegmentDataset(StudentDataset(ds, None, lm_aug), [u.id for u in ds.utts], segments)
+    elif stage.data == "sentences+segments":
+        def wrap(ds: CacheDataset) -> Dataset:
+            clean = CacheDataset(dc.cache, dc.dataset, dc.train_split, ds.streams,  # spans: no rescale
+                                 replace(dc.augment, time_scale=0.0), seed=ds.seed)
+            return MixedDataset(StudentDataset(ds, None, lm_aug),
+                                SegmentDataset(StudentDataset(clean, None, lm_aug), [u.id for u in ds.utts], segments))
+    else:
+        def wrap(ds: CacheDataset) -> Dataset:
+            return StudentDataset(ds, teacher, lm_aug)
+    return wrap
+
+
+def _stage_hooks(recipe: Recipe, stage: StageConfig, kd: bool, use_kd: bool, use_smkd: bool, teacher: _Teacher,
+                 init: Path | None, segments: dict[str, list[list[int]]] | None, extra: dict[str, Any]) -> TrainHooks:
+    """The ``models.train`` hooks of one stage: the student (from the previous stage's best), its
+    training data, the loss added to CTC and what its checkpoints carry."""
+    student_dict = dict(recipe.student)
+    distill_here = stage.distill and stage.data != "segments"  # KD/SMKD on sentences (+ their segments)
+    kd_here = use_kd and stage.distill and stage.data == "sentences"
+
+    def factory(n: int, s: InputSpec) -> nn.Module:
+        model = build_recipe_student(student_dict, n, s)
+        if init is not None:
+            state = load_checkpoint(init)
+            model.load_state_dict(state.weights)
+            if teacher.projectors is not None and "extra_modules" in state.raw:
+                teacher.projectors.load_state_dict(state.raw["extra_modules"])
+        return model
+
+    return TrainHooks(
+        build_model=factory, model_config=student_dict,
+        extra_loss=make_extra_loss(recipe, kd_here, use_smkd and distill_here, teacher.projectors,
+                                   stage.segment_ce if kd else 0.0, teacher.online if kd_here else None),
+        extra_modules=teacher.projectors if kd_here else None,
+        train_data=_stage_data(recipe, stage, teacher.cache if kd_here else None, segments), collate=student_collate,
+        checkpoint_extra={**extra, "stage": stage.name},
+    )
+
+
+def _stage_config(recipe: Recipe, stage: StageConfig) -> RunConfig:
+    """A stage's training run: its epochs, learning rate and CTC levels; segments keep clean frame timing."""
+    tc = replace(recipe.train, epochs=stage.epochs, lr=stage.lr or recipe.train.lr,
+                 level_weights=stage.level_weights or recipe.train.level_weights)
+    dc = recipe.data
+    if stage.data == "segments":  # spans are in clean frames: no temporal rescale here
+        dc = replace(dc, augment=replace(dc.augment, time_scale=0.0))
+    return RunConfig(dc, student_config(dict(recipe.student)), tc)
+
+
+def _publish_best(stage_best: Path, out_dir: Path) -> Path:
+    """``<out>/best.pt``: the last stage's best checkpoint, copied atomically when stages have their own folders."""
+    best = out_dir / "best.pt"
+    if stage_best != best:
+        tmp = out_dir / ".best.pt.tmp"
+        shutil.copyfile(stage_best, tmp)
+        os.replace(tmp, best)
+    return best
+
+
 def run_recipe(recipe: Recipe, out_dir: str | os.PathLike, teacher: str | Sequence[str] | None = None, kd: bool = True,
                resume: bool = False, rebuild_teacher_cache: bool = False, train_teacher: bool = False,
                device: str = "cpu") -> dict[str, Any]:
     """Check inputs, cache the teacher, train every stage, evaluate; returns the results dict."""
     out_dir = Path(out_dir)
     remove_stale_temps(out_dir)  # the best.pt copy of a killed run (stage folders clean their own)
-    dc, streams = recipe.data, recipe.streams
-    meta = cache_lib.read_meta(dc.cache, dc.dataset)
-    vocab_path = cache_lib.dataset_dir(dc.cache, dc.dataset) / "vocab.json"
-    if not vocab_path.is_file():
-        raise FileNotFoundError(f"{vocab_path}: no vocabulary; run `make features DATASET={dc.dataset}` first")
-    vocab = Vocabulary.load(vocab_path)
-    spec = input_spec(meta, dc.augment.crop_size, streams)
-    try:
-        probe_student = build_recipe_student(recipe.student, len(vocab), spec)
-    except ValueError as e:
-        raise ValueError(f"recipe {recipe.name}: {e}") from None
-    student_out = probe(probe_student, spec, streams)
-
+    spec, probe_student, student_out = _probe_student(recipe)
     use_kd = kd and recipe.teacher is not None and recipe.kd.active
-    tcache: TeacherCache | None = None
-    online: nn.Module | None = None  # recipe.teacher.online: the teacher runs inside the training loop
-    teacher_info = None
-    projectors: nn.ModuleDict | None = None
-    cache_s = 0.0
+    prepared = _Teacher()
     if use_kd:
-        given = [None] if teacher is None else [str(p) for p in checkpoint_paths(teacher)]  # several: an ensemble
-        tpath = [resolve_teacher(recipe, p, dc.cache, train_teacher, device) for p in given]
-        tmodel, tckpt = load_ensemble(tpath)
-        for p, member in zip(tpath, tckpt.members or [tckpt]):
-            check_compatible(member, dc.cache, dc.dataset, ckpt_name=f"teacher {p}")
-        tname = ",".join(map(str, tpath))
-        check_time_reduction(tmodel, tckpt.spec, tckpt.streams, probe_student,
-                             spec, streams, tname)
-        teacher_info = {"path": tname, "fingerprint": teacher_fingerprint(tckpt), "online": recipe.teacher.online}
-        warn_if_teacher_weaker(tpath, out_dir)
-        if recipe.teacher.online:
-            online = check_online_teacher(recipe, tmodel, tckpt, spec, streams, tname).to(device)
-            teacher_dims = {n: int(f.shape[-1]) for n, f in
-                            probe(tmodel, spec, streams).features.items() if n in recipe.teacher.features}
-        else:
-            del tmodel
-            t0 = time.time()
-            tcache = prepare_teacher_cache(tpath, dc.cache, dc.dataset, dc.train_split,
-                                           out_dir / "teacher_outputs" / dc.train_split, recipe.teacher.features,
-                                           recipe.teacher.reduce_dim, rebuild=rebuild_teacher_cache)
-            cache_s = time.time() - t0
-            teacher_dims = tcache.dims
-        torch.manual_seed(recipe.train.seed + 1)  # projectors: their own seed, the student's init is untouched
-        projectors = make_projectors(recipe, student_out, teacher_dims)
+        prepared = _prepare_teacher(recipe, teacher, out_dir, spec, probe_student, student_out, train_teacher,
+                                    rebuild_teacher_cache, device)
     del probe_student
 
     stages = recipe.stage_list(kd)
     use_smkd = kd and recipe.smkd.weight > 0
-    student_dict = dict(recipe.student)
-    base_extra = {"student_config": student_dict, "recipe": _json_safe(recipe_dict(recipe)), "teacher": teacher_info,
-                  "distilled": bool(use_kd or use_smkd)}
+    extra = {"student_config": dict(recipe.student), "recipe": _json_safe(recipe_dict(recipe)),
+             "teacher": prepared.info, "distilled": bool(use_kd or use_smkd)}
     prev_best: Path | None = None
     for k, stage in enumerate(stages):
-        stage_dir = out_dir if len(stages) == 1 else out_dir / stage.name
-        distill_here = stage.distill and stage.data != "segments"  # KD/SMKD on sentences (+ their segments)
-        tc = replace(recipe.train, epochs=stage.epochs, lr=stage.lr or recipe.train.lr,
-                     level_weights=stage.level_weights or recipe.train.level_weights)
-        stage_dc = dc
-        if stage.data == "segments":  # spans are in clean frames: no temporal rescale here
-            stage_dc = replace(dc, augment=replace(dc.augment, time_scale=0.0))
-        init = prev_best
-
-        def factory(n: int, s: InputSpec, init: Path | None = init) -> nn.Module:
-            model = build_recipe_student(student_dict, n, s)
-            if init is not None:
-                state = load_checkpoint(init)
-                model.load_state_dict(state.weights)
-                if projectors is not None and "extra_modules" in state.raw:
-                    projectors.load_state_dict(state.raw["extra_modules"])
-            return model
-
-        lm_aug = recipe.landmark_augment
-        kd_here = use_kd and stage.distill and stage.data == "sentences"
-        teacher_here = tcache if kd_here else None
-        if stage.data == "segments":
-            segments = _segments(prev_best, recipe, stage_dc, out_dir / "segments.json")
-
-            def wrap(ds: CacheDataset, segments=segments) -> Dataset:
-                return SegmentDataset(StudentDataset(ds, None, lm_aug), [u.id for u in ds.utts], segments)
-        elif stage.data == "sentences+segments":
-            segments = _segments(prev_best, recipe, stage_dc, out_dir / "segments.json")
-
-            def wrap(ds: CacheDataset, segments=segments) -> Dataset:
-                clean = CacheDataset(dc.cache, dc.dataset, dc.train_split, ds.streams,  # spans: no rescale
-                                     replace(dc.augment, time_scale=0.0), seed=ds.seed)
-                return MixedDataset(StudentDataset(ds, None, lm_aug),
-                                    SegmentDataset(StudentDataset(clean, None, lm_aug), [u.id for u in ds.utts], segments))
-        else:
-            def wrap(ds: CacheDataset, teacher_here=teacher_here) -> Dataset:
-                return StudentDataset(ds, teacher_here, lm_aug)
-
-        hooks = TrainHooks(
-            build_model=factory, model_config=student_dict,
-            extra_loss=make_extra_loss(recipe, kd_here, use_smkd and distill_here, projectors,
-                                       stage.segment_ce if kd else 0.0, online if kd_here else None),
-            extra_modules=projectors if kd_here else None,
-            train_data=wrap, collate=student_collate,
-            checkpoint_extra={**base_extra, "stage": stage.name},
-        )
+        run = _stage_config(recipe, stage)
+        segments = None
+        if stage.data in ("segments", "sentences+segments"):
+            segments = _segments(prev_best, recipe, run.data, out_dir / "segments.json")
+        hooks = _stage_hooks(recipe, stage, kd, use_kd, use_smkd, prepared, prev_best, segments, extra)
         log.info("%s: stage %d/%d %r (%s, %d epochs, %s)", recipe.name, k + 1, len(stages), stage.name, stage.data,
                  stage.epochs, "distillation" if hooks.extra_loss else "CTC only")
-        summary = train(RunConfig(stage_dc, student_config(student_dict), tc), stage_dir, resume=resume,
-                        device=device, hooks=hooks)
+        summary = train(run, out_dir if len(stages) == 1 else out_dir / stage.name, resume=resume, device=device,
+                        hooks=hooks)
         prev_best = Path(summary["best_path"] or summary["last"])
 
-    best = out_dir / "best.pt"
-    if prev_best != best:
-        tmp = out_dir / ".best.pt.tmp"
-        shutil.copyfile(prev_best, tmp)
-        os.replace(tmp, best)
-    results = evaluate_run(recipe, best, out_dir, kd)
-    results["teacher_cache_s"] = round(cache_s, 2)
+    results = evaluate_run(recipe, _publish_best(prev_best, out_dir), out_dir, kd)
+    results["teacher_cache_s"] = round(prepared.cache_s, 2)
     results["epoch_time_s"] = _epoch_times(out_dir, stages)
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1) + "\n")
     return results
@@ -523,7 +563,6 @@ def _epoch_times(out_dir: Path, stages: Sequence[StageConfig]) -> dict[str, floa
     return times
 
 
-@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=prog("distill.train"), description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", required=True, help="recipe name (configs/recipes/<name>.yaml) or a YAML path")

@@ -26,7 +26,7 @@ import random
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -42,7 +42,7 @@ from evaluate.core.normalize import RULE_NAMES
 from models.base import InputSpec, ModelOutput
 from models.build import ModelConfig, build_model
 from models.checkpoint import check_compatible, load_checkpoint, remove_stale_temps, save_checkpoint, spec_to_dict
-from models.data import (AugmentConfig, BucketBatchSampler, CacheDataset, collate, collate_uint8, make_loader,
+from models.data import (AugmentConfig, BucketBatchSampler, CacheDataset, collate_uint8, make_loader,
                          meta_config, to_device)
 from preprocess.commandline import add_cache, add_device, add_out, command, prog
 from preprocess.configs import ConfigError, from_dict, load_yaml, preset_dir, preset_names, preset_path
@@ -810,7 +810,6 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist, hooks: TrainHoo
     return summary
 
 
-@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=prog("models.train"), description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="training YAML, or a preset name (configs/teachers/<name>.yaml)")

@@ -15,7 +15,6 @@ import json
 import math
 import os
 from collections import Counter, defaultdict
-from pathlib import Path
 from typing import Hashable, Iterable, Sequence
 
 from preprocess.manifest import atomic_write_text

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from evaluate.core.align import Alignment, align, format_alignment
-from evaluate.core.formats import FormatError, read_transcripts
+from evaluate.core.formats import read_transcripts
 from evaluate.core.normalize import fill_empty, get_rules, normalize
 from preprocess.configs import UserError
 
