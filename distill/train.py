@@ -563,6 +563,7 @@ def _epoch_times(out_dir: Path, stages: Sequence[StageConfig]) -> dict[str, floa
     return times
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=prog("distill.train"), description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", required=True, help="recipe name (configs/recipes/<name>.yaml) or a YAML path")

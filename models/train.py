@@ -810,6 +810,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, d: Dist, hooks: TrainHoo
     return summary
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=prog("models.train"), description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="training YAML, or a preset name (configs/teachers/<name>.yaml)")
