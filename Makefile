@@ -90,6 +90,7 @@ test: setup
 		(apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && \
 		apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1)); } || \
 		echo "note: chromium not installed; the web page's browser test will skip"
+	$(PY) -m ruff check .
 	$(PY) -m pytest tests
 
 # Speed/size figures quoted in the README (run on an idle machine; no test depends on timings).

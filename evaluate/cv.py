@@ -141,7 +141,7 @@ def format_report(summary: dict[str, Any], header: str, metric: str = "CV WER (p
     for pair, p in summary["pairs"].items():
         a, b = pair.split("-")
         verdict = (f"{a} beats {b}" if p["a_beats_b"] else
-                   f"no claim: the gap does not exceed the spread (or fewer than 3 seeds)")
+                   "no claim: the gap does not exceed the spread (or fewer than 3 seeds)")
         lines.append(f"- {a} - {b}: {p['mean_diff']:+.1f} ± {p['sd_diff']:.1f} points over {p['n']} seed(s): {verdict}")
     return "\n".join(lines) + "\n"
 

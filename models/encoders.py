@@ -15,7 +15,6 @@ import torchvision
 from torch import Tensor, nn
 
 from models.temporal import length_mask
-from preprocess.layouts import HOLISTIC_543
 
 if TYPE_CHECKING:
     from models.keypoint_input import KeypointNormConfig

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from preprocess.commandline import add_out, command, prog
-from preprocess.configs import ConfigError, UserError, check_keys, load_yaml, preset_dir, preset_names, preset_path
+from preprocess.configs import UserError, check_keys, load_yaml, preset_dir, preset_names, preset_path
 from preprocess.keypoint_io import (KEYPOINT_SUFFIXES, KeypointFileError, keypoint_fps, keypoint_frame_size,
                                    keypoint_num_frames)
 from preprocess.manifest import SPLITS, Utterance, write_manifest

@@ -175,11 +175,11 @@ def _csl_daily_release(root: Path, with_map: bool = True) -> Path:
     ]
     if with_map:
         lines = ["index|name|length|gloss|char|word|postag"]
-        lines += [f"{i}|{n}|{l}|{g}|{c}|{c}|n" for i, (n, l, g, c) in enumerate(records)]
+        lines += [f"{i}|{n}|{length}|{g}|{c}|{c}|n" for i, (n, length, g, c) in enumerate(records)]
         (labels / "video_map.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     else:
-        info = [{"name": n, "length": l, "label_gloss": g.split(), "label_char": c.split(),
-                 "signer": int(n[9:13]), "time": 0} for n, l, g, c in records]
+        info = [{"name": n, "length": length, "label_gloss": g.split(), "label_char": c.split(),
+                 "signer": int(n[9:13]), "time": 0} for n, length, g, c in records]
         (labels / "csl2020ct_v2.pkl").write_bytes(pickle.dumps({"info": info, "gloss_map": []}))
     (labels / "split_1.txt").write_text(
         "name|split\nS000000_P0000_T00|train\nS000007_P0003_T00|train\nS000020_P0008_T00|dev\n", encoding="utf-8")

@@ -3,7 +3,6 @@ landmark student -> the WER table, through the same entry points the demo calls.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import yaml
 

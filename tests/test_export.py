@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+import onnxruntime as ort  # noqa: F401 - a pinned dependency: a broken install fails here instead of skipping
 import pytest
 import torch
 
