@@ -65,7 +65,7 @@ from evaluate.core.decode import decode_outputs
 from models.students import LandmarkAugment, LandmarkAugmentConfig
 from preprocess import cache as cache_lib
 from preprocess.configs import UserError
-from preprocess.manifest import atomic_write_text
+from preprocess.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 

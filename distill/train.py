@@ -54,7 +54,7 @@ from preprocess import cache as cache_lib
 from preprocess.commandline import add_cache, add_device, add_out, command, prog
 from preprocess.configs import UserError
 from preprocess.device import resolve_device
-from preprocess.manifest import atomic_write_text
+from preprocess.files import atomic_write_text
 from preprocess.vocab import Vocabulary
 
 log = logging.getLogger("distill.train")  # not __name__: that is "__main__" under python -m

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from preprocess.configs import UserError, print_user_error
 from preprocess.folds import GROUP_BY, FoldView, make_fold_view, own_splits_view
-from preprocess.manifest import atomic_write_text
+from preprocess.files import atomic_write_text
 
 log = logging.getLogger("evaluate.cv")
 MODELS = ("teacher", "student", "twin")  # what --models runs; "ensemble" is reported with --ensemble-teacher

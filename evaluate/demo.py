@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from preprocess.commandline import add_cache, add_out, command, prog
-from preprocess.manifest import atomic_write_text
+from preprocess.files import atomic_write_text
 
 DATASET = "synthsign"
 TEACHER_CONFIG = "synthsign_fusion_attention"  # a teacher preset (configs/teachers/<name>.yaml)

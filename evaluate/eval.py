@@ -25,7 +25,8 @@ from models.decoding import decode_dataset
 from models.ensemble import checkpoint_paths, load_ensemble
 from preprocess.commandline import add_cache, add_device, add_out, command, prog
 from preprocess.device import resolve_device
-from preprocess.manifest import atomic_write_text, read_manifest
+from preprocess.files import atomic_write_text
+from preprocess.manifest import read_manifest
 from preprocess.vocab import Vocabulary
 
 

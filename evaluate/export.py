@@ -591,7 +591,7 @@ def card_markdown(card: Mapping[str, Any]) -> str:
 
 def write_model_card(onnx_path: str | os.PathLike, card: Mapping[str, Any]) -> tuple[Path, Path]:
     """``model.onnx`` -> ``model.card.json`` and ``model.card.md`` beside it."""
-    from preprocess.manifest import atomic_write_text
+    from preprocess.files import atomic_write_text
 
     p = Path(onnx_path)
     js, md = p.with_name(p.stem + ".card.json"), p.with_name(p.stem + ".card.md")

@@ -41,7 +41,7 @@ import yaml
 
 from preprocess.commandline import add_cache, add_out, command, prog
 from preprocess.configs import preset_dir
-from preprocess.manifest import atomic_write_text
+from preprocess.files import atomic_write_text
 
 if TYPE_CHECKING:
     from models.checkpoint import Checkpoint

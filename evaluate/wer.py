@@ -25,7 +25,7 @@ import logging
 from evaluate.core.normalize import RULE_NAMES
 from evaluate.core.wer import format_report, score_files
 from preprocess.commandline import command, prog
-from preprocess.manifest import atomic_write_text
+from preprocess.files import atomic_write_text
 
 
 @command

@@ -47,7 +47,7 @@ from models.data import (AugmentConfig, BucketBatchSampler, CacheDataset, collat
 from preprocess.commandline import add_cache, add_device, add_out, command, prog
 from preprocess.configs import ConfigError, from_dict, load_yaml, preset_dir, preset_names, preset_path
 from preprocess.device import resolve_device
-from preprocess.manifest import atomic_write_text
+from preprocess.files import atomic_write_text
 
 if TYPE_CHECKING:
     from models.students import StudentConfig

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from preprocess.configs import MissingEntryError
-from preprocess.manifest import atomic_write_text
+from preprocess.files import atomic_write_text
 
 CACHE_FORMAT_VERSION = 1
 ARRAY_NAMES = ("rgb", "keypoints", "keypoints_mask", "flow")

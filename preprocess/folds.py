@@ -21,7 +21,8 @@ import numpy as np
 
 from preprocess import cache as cache_lib
 from preprocess.configs import UserError
-from preprocess.manifest import Utterance, read_manifest, write_manifest, write_text_if_changed
+from preprocess.files import write_text_if_changed
+from preprocess.manifest import Utterance, read_manifest, write_manifest
 from preprocess.vocab import Vocabulary
 
 GROUP_BY = ("none", "sentence", "signer")  # what must never be split across folds ("none": each utterance on its own)

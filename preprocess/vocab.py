@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from preprocess.configs import MissingEntryError
-from preprocess.manifest import write_text_if_changed
+from preprocess.files import write_text_if_changed
 
 BLANK = "<blank>"
 

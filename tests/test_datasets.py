@@ -525,7 +525,7 @@ def test_cli_reports_errors(tmp_path, capsys):
 def test_write_text_if_changed_leaves_identical_files_alone(tmp_path):
     import os
 
-    from preprocess.manifest import write_text_if_changed
+    from preprocess.files import write_text_if_changed
 
     path = tmp_path / "sub" / "m.jsonl"
     assert write_text_if_changed(path, "a\n") is True and path.read_text() == "a\n"

@@ -36,7 +36,8 @@ from preprocess import features as features_mod
 from preprocess.configs import ConfigError, UserError, WriteError, from_dict, load_yaml
 from preprocess.datasets import prepare_custom
 from preprocess.keypoint_io import keypoint_fps, main as keypoint_main, save_pose
-from preprocess.manifest import atomic_write_text, read_manifest
+from preprocess.files import atomic_write_text
+from preprocess.manifest import read_manifest
 from test_data import DATASET, make_tiny_cache
 from test_features import Corpus, keypoints_for, moving_square, write_video
 from test_train import write_config

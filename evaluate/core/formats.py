@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from preprocess.configs import UserError
-from preprocess.manifest import atomic_write_text
+from preprocess.files import atomic_write_text
 
 CTM_STEP = 0.01  # synthetic duration of one gloss in a written CTM (glosses are 0.01 s apart)
 STM_END = "1.79769e+308"  # segment end used by the official PHOENIX STMs ("until the end")

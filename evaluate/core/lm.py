@@ -17,7 +17,7 @@ import os
 from collections import Counter, defaultdict
 from typing import Hashable, Iterable, Sequence
 
-from preprocess.manifest import atomic_write_text
+from preprocess.files import atomic_write_text
 
 BOS = "<s>"  # sentence start (history padding only, never predicted)
 EOS = "</s>"  # sentence end (predicted once per sentence)

@@ -18,7 +18,8 @@ from preprocess import cache
 from preprocess.features.config import STAGES, FeatureConfig, Result
 from preprocess.features.extract import close_worker, extract_job, finish_job, init_worker, load_job
 from preprocess.features.plan import build_plan, prepare_manifest, write_meta_if_changed
-from preprocess.manifest import Utterance, atomic_write_text
+from preprocess.files import atomic_write_text
+from preprocess.manifest import Utterance
 from preprocess.pool import run_jobs
 
 

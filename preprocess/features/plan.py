@@ -16,7 +16,8 @@ from preprocess.features.config import FeatureConfig, Plan
 from preprocess.features.extract import landmark_source, resolve_path
 from preprocess.flow import flow_scale
 from preprocess.layouts import HOLISTIC_543
-from preprocess.manifest import Utterance, atomic_write_bytes, read_manifest
+from preprocess.files import atomic_write_bytes
+from preprocess.manifest import Utterance, read_manifest
 
 
 VERSIONED_PACKAGES = ("mediapipe", "opencv-contrib-python", "torch", "torchvision", "numpy", "decord", "av")
