@@ -313,8 +313,7 @@ class SegmentDataset(Dataset):
 def decode_split(model: nn.Module, ckpt: Checkpoint, cache: str, dataset: str, split: str,
                  beam: int) -> dict[str, list[str]] | None:
     """Hypotheses of a split (None when the split has no cached utterance)."""
-    ds = CacheDataset(cache, dataset, split, ckpt.streams, augment=None, crop_size=ckpt.crop_size,
-                      require_targets=False)
+    ds = ckpt.dataset_split(cache, split, dataset)
     if len(ds) == 0:
         return None
     return decode_dataset(model, ds, ckpt.vocab, beam=beam)

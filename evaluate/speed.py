@@ -92,9 +92,10 @@ def measure(model_or_session: Any, spec: InputSpec, frames: int = 200, threads: 
     size = None
     if isinstance(model_or_session, torch.nn.Module):
         from models.build import count_parameters
+        from models.data import cache_arrays
 
         model = model_or_session
-        names = tuple(input_names) if input_names else _spec_inputs(spec)
+        names = tuple(input_names) if input_names else cache_arrays(spec.streams)
         inputs = example_inputs(names, spec, [frames])
         before, was_training = torch.get_num_threads(), model.training
         torch.set_num_threads(threads)
@@ -307,17 +308,6 @@ def training_clips_per_s(model: Any, ckpt: Checkpoint, cache: str | os.PathLike,
     finally:
         model.eval()
         torch.set_num_threads(before)
-
-
-def _spec_inputs(spec: InputSpec) -> tuple[str, ...]:
-    names = []
-    if spec.rgb_size:
-        names.append("rgb")
-    if spec.num_keypoints:
-        names += ["keypoints", "keypoints_mask"]
-    if spec.flow_size:
-        names.append("flow")
-    return tuple(names)
 
 
 def benchmark_checkpoint(ckpt: str | os.PathLike, onnx: str | os.PathLike | None = None,

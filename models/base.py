@@ -43,3 +43,9 @@ class InputSpec:
     keypoint_layout: str = ""  # layout name from meta.json, e.g. "mediapipe_holistic_543"
     rgb_size: int = 0  # H == W of cached rgb (0: no rgb)
     flow_size: int = 0  # h == w of cached flow (0: no flow)
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """The streams it offers, in ``STREAMS`` order."""
+        size = {"rgb": self.rgb_size, "keypoints": self.num_keypoints, "flow": self.flow_size}
+        return tuple(s for s in STREAMS if size[s])

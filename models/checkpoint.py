@@ -1,10 +1,12 @@
 """Checkpoints that rebuild their own model and refuse data they were not trained for.
 
-A checkpoint is a plain dict saved with ``torch.save``: ``model_config`` (ModelConfig dict),
-``input_spec`` (InputSpec dict), ``vocab`` (tokens), ``cache`` (dataset, extractor config and
-its hash), ``streams``, ``crop_size``, ``model`` (state dict), and for training also
-``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``step``, ``rng``, ``best_wer``. It
-holds only tensors and plain Python values, so it loads with ``weights_only=True``.
+A checkpoint is a plain dict saved with ``torch.save``: ``model_config`` (ModelConfig dict, or
+a student's StudentConfig dict, then also saved as ``student_config``), ``input_spec``
+(InputSpec dict), ``vocab`` (tokens), ``cache`` (dataset, extractor config and its hash),
+``streams``, ``crop_size``, ``model`` (state dict), and for training also ``train_config``,
+``data_config``, ``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``step``, ``rng`` and
+``best``; students add ``recipe``, ``teacher``, ``distilled``, ``stage`` and ``extra_modules``.
+It holds only tensors and plain Python values, so it loads with ``weights_only=True``.
 
 :func:`load_checkpoint` is the one loader: it returns a :class:`Checkpoint`, where "student or
 teacher", "which streams" and "which input tensors" are decided once, and ``build()`` rebuilds
