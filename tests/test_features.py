@@ -352,6 +352,25 @@ def test_worker_crash_fails_only_the_crashing_jobs():
     assert all(not by_id[str(i)].ok and "worker process died" in by_id[str(i)].message for i in (1, 3, 5))
 
 
+def test_in_process_run_sets_up_once_and_releases_even_on_a_bug():
+    calls: list[str] = []
+    results: list[Result] = []
+    hooks = dict(initializer=lambda tag: calls.append(tag), initargs=("init",), on_result=results.append,
+                 crash_result=lambda job, msg: Result(str(job), "train", False, msg),
+                 finalizer=lambda: calls.append("release"))
+    finish = lambda job: Result(str(job), "train", True, frames=job)  # noqa: E731
+    run_jobs([1, 2, 3], finish, 1, stages=(lambda job: job, finish), **hooks)
+    assert calls == ["init", "release"] and [(r.id, r.frames) for r in results] == [("1", 1), ("2", 2), ("3", 3)]
+
+    def buggy(job: int) -> Result:
+        raise RuntimeError(f"bug on {job}")
+
+    calls.clear()
+    with pytest.raises(RuntimeError, match="bug on 1"):  # in-process, a bug keeps its traceback
+        run_jobs([1, 2], buggy, 1, **hooks)
+    assert calls == ["init", "release"]
+
+
 def test_fast_validity_check_agrees_with_the_cache_contract(tmp_path):
     from preprocess.features.driver import _hash_member, _is_valid
 
