@@ -1,0 +1,116 @@
+"""MediaPipe Holistic graphs on parallel threads, sharing one frame stream round-robin.
+
+MediaPipe is nearly the whole cost of live recognition and one Holistic graph keeps one core
+busy, so several graphs run on threads (MediaPipe releases the GIL inside a graph), each
+tracking across the frames dealt to it, and their landmarks come back in frame order.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from evaluate.live.window import StreamStats
+
+Landmarks = tuple[np.ndarray, np.ndarray]  # keypoints float32 [K, 3], mask bool [K]
+FrameExtractor = Callable[[Any], Landmarks]  # one frame -> its landmarks
+
+
+def default_workers() -> int:
+    """MediaPipe graphs for live recognition: one per CPU core, at most 2 (Holistic runs on one core
+    per graph; a third graph on a 2-core CPU would only compete with decoding and the model)."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+class HolisticWorkers:
+    """``workers`` MediaPipe Holistic graphs sharing one stream round-robin (see :func:`extract_landmarks`).
+
+    ``extractors`` are the per-thread callables for :func:`stream_glosses`; each tells its graph
+    that ``workers`` frames pass between its calls. Close (or use as a context manager) only
+    after the stream generator is closed: that joins the threads still inside a graph.
+    """
+
+    def __init__(self, workers: int, config=None) -> None:
+        from preprocess.landmarks import HolisticExtractor
+
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1 MediaPipe graph, got {workers}")
+        self.graphs = [HolisticExtractor(config) for _ in range(workers)]  # built on their first frame
+        self.extractors: list[FrameExtractor] = [partial(g.process_frame, step=workers) for g in self.graphs]
+
+    def __enter__(self) -> "HolisticWorkers":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for g in self.graphs:
+            g.close()
+
+
+
+def extract_landmarks(frames: Iterable[Any], extractors: Sequence[FrameExtractor], ahead: int = 1,
+                      stats: StreamStats | None = None) -> Iterator[Landmarks]:
+    """Per-frame landmarks in frame order, computed on one background thread per extractor.
+
+    Frames are dealt round-robin: with n extractors, extractor k gets frames k, k + n, ... in
+    order, so each MediaPipe graph tracks across the frames it sees. MediaPipe releases the GIL
+    inside its graph, so n graphs use n cores while the caller's thread runs the model; at most
+    ``n * (1 + ahead)`` frames are in flight, which bounds the added latency.
+
+    Args:
+        frames: anything the extractors accept, one item per frame.
+        extractors: each maps one frame -> (keypoints [K, 3], mask [K]); used by one thread only.
+        ahead: frames queued per extractor besides the one it works on (keeps it busy).
+        stats: ``extract_s`` (summed over workers) and ``wait_s`` are added to when given.
+
+    Yields:
+        (keypoints, mask) of each frame, in frame order; an extractor's error is raised here.
+    """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not extractors:
+        raise ValueError("extract_landmarks needs at least one extractor")
+    if ahead < 0:
+        raise ValueError(f"ahead must be >= 0 frames, got {ahead}")
+    n = len(extractors)
+    lock = threading.Lock()
+    busy = [0.0]  # seconds inside the extractors
+
+    def run(extractor: FrameExtractor, frame: Any) -> Landmarks:
+        t0 = time.perf_counter()
+        out = extractor(frame)
+        with lock:
+            busy[0] += time.perf_counter() - t0
+        return out
+
+    pools = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"landmarks-{k}") for k in range(n)]
+    pending: deque = deque()
+    waited = 0.0
+
+    def take() -> Landmarks:
+        nonlocal waited
+        t0 = time.perf_counter()
+        out = pending.popleft().result()
+        waited += time.perf_counter() - t0
+        if stats is not None:
+            stats.wait_s, stats.extract_s = waited, busy[0]
+        return out
+
+    try:
+        for i, frame in enumerate(frames):
+            pending.append(pools[i % n].submit(run, extractors[i % n], frame))
+            if len(pending) >= n * (1 + ahead):
+                yield take()
+        while pending:
+            yield take()
+    finally:
+        for pool in pools:  # waits for a graph still inside process(), so callers may close it next
+            pool.shutdown(wait=True, cancel_futures=True)
