@@ -99,14 +99,14 @@ def model_input_names(config: Mapping[str, Any]) -> tuple[str, ...]:
     return cache_arrays(model_streams(config))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq/repr would compare or print every weight tensor
 class Checkpoint:
     """A loaded checkpoint: what its model is, what it reads, and how to rebuild it.
 
     Build one with :func:`load_checkpoint` (a file) or :meth:`from_dict` (a saved dict).
     """
 
-    raw: dict[str, Any]  # the saved dict: weights, training state, recipe, teacher, ...
+    raw: dict[str, Any] = field(repr=False)  # the saved dict: weights, training state, recipe, teacher, ...
     path: Path | None  # the file it was read from
     vocab: tuple[str, ...]  # id -> gloss, blank first
     spec: InputSpec  # the inputs it was built for
