@@ -32,7 +32,8 @@ def module_name(path: Path, root: Path = ROOT) -> str:
 
 def imported_modules(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
     """(line, module) of every import in the file, relative imports resolved; ``from pkg import mod``
-    also yields ``pkg.mod`` (it may name a submodule)."""
+    of a package yields ``pkg.mod`` (it may name a submodule: ``from evaluate import core`` is fine,
+    ``from evaluate import tables`` is not)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     here = module_name(path, root).split(".")
     found = []
@@ -44,8 +45,10 @@ def imported_modules(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
             if node.level:  # relative: from the file's package upwards
                 pkg = here[: len(here) - node.level] if path.name != "__init__.py" else here[: len(here) - node.level + 1]
                 base = ".".join(pkg + ([base] if base else []))
-            found.append((node.lineno, base))
-            found += [(node.lineno, f"{base}.{a.name}") for a in node.names]
+            if (root / (base.replace(".", "/") + ".py")).is_file():  # names from a module
+                found.append((node.lineno, base))
+            else:  # names from a package: submodules (or what its __init__ defines)
+                found += [(node.lineno, f"{base}.{a.name}") for a in node.names]
     return found
 
 
@@ -106,6 +109,7 @@ def test_an_upward_import_is_caught(tmp_path, where, source):
     ("evaluate/demo.py", "from distill.train import run_recipe\n"),
     ("evaluate/core/x.py", "from preprocess.configs import UserError\n"),
     ("models/x.py", "import torch\n"),
+    ("models/x.py", "from evaluate import core\n"),
 ])
 def test_a_downward_import_passes(tmp_path, where, source):
     path = tmp_path / where
