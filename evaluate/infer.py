@@ -43,6 +43,7 @@ from evaluate.live.runtime import (
     timed_output,
 )
 from evaluate.live.window import LandmarkStream, StreamConfig, StreamStats, StreamUpdate, fps_report, stream_glosses
+from preprocess.commandline import command, prog
 
 __all__ = [
     "FrameExtractor", "HolisticWorkers", "LandmarkStream", "Landmarks", "OnnxRecognizer", "Recognizer",
@@ -53,8 +54,9 @@ __all__ = [
 ]
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evaluate.infer", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog("evaluate.infer"), description=__doc__.split("\n\n")[0])
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--model", help="exported .onnx model (vocabulary and config inside)")
     model.add_argument("--ckpt", help="checkpoint (best.pt), run with PyTorch")
@@ -148,17 +150,6 @@ def main(argv: list[str] | None = None) -> int:
             print(fps_report(stats), file=sys.stderr)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # VideoError and MediaPipe errors: one line, not a traceback
-        from preprocess.landmarks import NoPersonError
-        from preprocess.video import VideoError
-
-        if isinstance(e, (VideoError, NoPersonError)):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
     return 0
 
 
