@@ -7,9 +7,10 @@ here once, so they are spelled, typed and documented the same way everywhere.
 :func:`command` wraps a ``main``: bad input becomes one ``error: ...`` line on stderr and exit
 status 2, while a bug keeps its traceback. Bad input is
 
-- a :class:`~preprocess.configs.UserError` (config, video, keypoint file, cache, device, ...);
-- an ``OSError`` that names a file (missing, no permission, disk full): the system's message
-  names the path the user gave;
+- a :class:`~preprocess.configs.UserError` (config, video, keypoint file, cache, device, a write
+  that failed for want of disk space, ...);
+- an ``OSError`` that names a file (missing, no permission): the system's message names the
+  path the user gave;
 - a ``ValueError`` or ``OSError`` raised by a ``raise`` statement in this project's own code: the
   input checks written as plain ``ValueError``/``FileNotFoundError`` (torchaudio style) say what
   is wrong with which value or file.
