@@ -27,7 +27,6 @@ from preprocess.commandline import add_cache, add_device, add_out, command, prog
 from preprocess.device import resolve_device
 from preprocess.files import atomic_write_text
 from preprocess.manifest import read_manifest
-from preprocess.vocab import Vocabulary
 
 
 def evaluate(ckpt: str | os.PathLike | Sequence[str | os.PathLike], cache: str | os.PathLike, dataset: str | None = None, split: str = "dev",
@@ -52,9 +51,8 @@ def evaluate(ckpt: str | os.PathLike | Sequence[str | os.PathLike], cache: str |
     if len(ds) == 0:
         raise ValueError(f"{ds.root}: split {split!r} has no cached utterances to evaluate; "
                          f"check --split or run `make features DATASET={dataset}`")
-    vocab = Vocabulary(state.vocab)
     timings: dict[str, list[TimedGloss]] = {}
-    hyps = decode_dataset(model, ds, vocab.tokens, device, beam=beam, batch_size=batch_size, lm=lm, lm_weight=lm_weight,
+    hyps = decode_dataset(model, ds, state.vocab, device, beam=beam, batch_size=batch_size, lm=lm, lm_weight=lm_weight,
                           timings=timings)
     # Every utterance of the split is scored: one without a valid cache file is an [EMPTY] hypothesis
     # (the official rule for a missing hypothesis), so the reference never shrinks.
@@ -68,7 +66,7 @@ def evaluate(ckpt: str | os.PathLike | Sequence[str | os.PathLike], cache: str |
     out = Path(out) if out else ckpt.parent / "eval"
     segments = {}
     for u in ds.utts:  # seconds of the source video: the model's time reduction, then the clip's frame rate
-        segments[u.id] = [(vocab.tokens[g.token], *g.seconds(u.fps, TIME_REDUCTION, u.num_frames or None), g.score)
+        segments[u.id] = [(state.vocab[g.token], *g.seconds(u.fps, TIME_REDUCTION, u.num_frames or None), g.score)
                           for g in timings.get(u.id, [])]
     atomic_write_text(out / f"{split}.ctm", format_timed_ctm(segments))
     write_stm(out / f"{split}.stm", refs)  # what was scored against, so evaluate/wer.py can rescore the CTM
