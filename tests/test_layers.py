@@ -84,6 +84,14 @@ def test_no_lower_module_imports_an_app():
     assert not violations(lower)
 
 
+def violations_of(tmp_path: Path, where: str, source: str) -> list[str]:
+    """The check run on one module ``where`` holding ``source``, in an otherwise empty tree."""
+    path = tmp_path / where
+    path.parent.mkdir(parents=True)
+    path.write_text(source)
+    return violations([path], tmp_path)
+
+
 @pytest.mark.parametrize("where, source", [
     ("models/x.py", "from evaluate.demo import main\n"),
     ("models/x.py", "def f():\n    from evaluate import tables\n"),
@@ -95,10 +103,7 @@ def test_no_lower_module_imports_an_app():
 ])
 def test_an_upward_import_is_caught(tmp_path, where, source):
     """The check fails on each kind of upward import, naming the file and line."""
-    path = tmp_path / where
-    path.parent.mkdir(parents=True)
-    path.write_text(source)
-    bad = violations([path], tmp_path)
+    bad = violations_of(tmp_path, where, source)
     line = source.count("\n")  # the import is the last line
     assert bad and all(b.startswith(f"{where}:{line} imports ") for b in bad), bad
 
@@ -112,7 +117,4 @@ def test_an_upward_import_is_caught(tmp_path, where, source):
     ("models/x.py", "from evaluate import core\n"),
 ])
 def test_a_downward_import_passes(tmp_path, where, source):
-    path = tmp_path / where
-    path.parent.mkdir(parents=True)
-    path.write_text(source)
-    assert violations([path], tmp_path) == []
+    assert violations_of(tmp_path, where, source) == []
