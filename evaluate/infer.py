@@ -92,35 +92,49 @@ def main(argv: list[str] | None = None) -> int:
         offline_only = [f"--{n}" for n in ("json", "ctm", "overlay") if getattr(args, n)]
         if offline_only and (args.video is None or args.stream):
             raise ValueError(f"{', '.join(offline_only)} need offline decoding of a file: use --video without --stream")
+        if args.video is None or args.stream:
+            return _live(args, t_start)
         rec = load_recognizer(args.model or args.ckpt, args.threads)
         startup = time.perf_counter() - t_start
-        if args.video is not None and not args.stream:
-            res = recognize_video(args.video, rec, beam=args.beam)
-            print(" ".join(res.glosses) if res.glosses else "(no gloss recognised)")
-            if res.hand_rate == 0.0:
-                print(f"warning: {args.video}: no hand was found on any of its {res.frames} frames; the glosses "
-                      "above come from face and body alone (check the hands are in view and lit)", file=sys.stderr)
-            write_timed(res, args.video, args.json, args.ctm)
-            if args.overlay:
-                from preprocess.render import write_overlay
+        res = recognize_video(args.video, rec, beam=args.beam)
+        print(" ".join(res.glosses) if res.glosses else "(no gloss recognised)")
+        if res.hand_rate == 0.0:
+            print(f"warning: {args.video}: no hand was found on any of its {res.frames} frames; the glosses "
+                  "above come from face and body alone (check the hands are in view and lit)", file=sys.stderr)
+        write_timed(res, args.video, args.json, args.ctm)
+        if args.overlay:
+            from preprocess.render import write_overlay
 
-                write_overlay(args.video, args.overlay, res.timed, res.landmarks)
-                print(f"overlay: {args.overlay}", file=sys.stderr)
-            seconds = {"start-up": startup, **res.seconds}
-            total = sum(seconds.values())
-            print("time: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in seconds.items())
-                  + f"; {res.frames} frames, {res.frames / total:.1f} frames/s end to end (start-up included), "
-                  f"decoder {'greedy' if args.beam <= 1 else f'beam {args.beam}'}", file=sys.stderr)
-            return 0
+            write_overlay(args.video, args.overlay, res.timed, res.landmarks)
+            print(f"overlay: {args.overlay}", file=sys.stderr)
+        seconds = {"start-up": startup, **res.seconds}
+        total = sum(seconds.values())
+        print("time: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in seconds.items())
+              + f"; {res.frames} frames, {res.frames / total:.1f} frames/s end to end (start-up included), "
+              f"decoder {'greedy' if args.beam <= 1 else f'beam {args.beam}'}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _live(args: argparse.Namespace, t_start: float) -> int:
+    """``--webcam`` / ``--stream``: the live loop, glosses printed as they become final.
+
+    The MediaPipe graphs are built and warmed up on their own threads first, so their start-up
+    overlaps loading the model and opening the camera; ``t_start`` (when the command began)
+    is where the reported start-up is counted from.
+    """
+    graphs = HolisticWorkers(args.workers, warm_up=True)
+    try:
+        rec = load_recognizer(args.model or args.ckpt, args.threads)
         cfg = StreamConfig(args.window, args.hop, args.guard)
         require_landmark_model(rec)
         require_mediapipe_layout(rec)
-        graphs = HolisticWorkers(args.workers)
         source = args.webcam if args.webcam is not None else args.video
         frames = prefetch(capture_frames(source, args.max_frames), keep_latest=args.webcam is not None)
         stats = StreamStats()
         update = StreamUpdate(0, [], [], [])
-        updates = stream_glosses(frames, graphs.extractors, rec, cfg, stats, beam=args.beam)
+        updates = stream_glosses(frames, graphs.extractors, rec, cfg, stats, beam=args.beam, started=t_start)
         try:
             for update in updates:
                 if update.new:
@@ -132,24 +146,23 @@ def main(argv: list[str] | None = None) -> int:
             update = StreamUpdate(update.frame, update.committed + update.tentative, [], [], final=True)
         finally:
             updates.close()  # joins the landmark threads before their graphs are closed
-            graphs.close()
-        print("glosses: " + (" ".join(update.committed) or "(none)"))
-        if stats.frames and stats.hand_frames == 0:
-            print(f"warning: no hand was found on any of the {stats.frames} frames; the glosses above come from "
-                  "face and body alone (check the hands are in view and lit)", file=sys.stderr)
-        if stats.frames <= cfg.window and args.beam > 1:
-            how = f"the whole clip in one window, beam {args.beam}: offline decoding's settings"
-        elif args.beam > 1:
-            how = (f"greedy over {cfg.window}-frame windows: the {stats.frames}-frame stream is longer than the window, "
-                   f"so offline --beam {args.beam} may differ (--window {stats.frames} decodes it as offline does)")
-        else:
-            how = "greedy, " + ("the whole clip in one window" if stats.frames <= cfg.window
-                                else f"over {cfg.window}-frame windows")
-        print(f"decoder: {how}; landmarks from {stats.workers} MediaPipe graph(s)", file=sys.stderr)
-        if args.frames_per_second_report:
-            print(fps_report(stats), file=sys.stderr)
-    except KeyboardInterrupt:
-        return 130
+    finally:
+        graphs.close()
+    print("glosses: " + (" ".join(update.committed) or "(none)"))
+    if stats.frames and stats.hand_frames == 0:
+        print(f"warning: no hand was found on any of the {stats.frames} frames; the glosses above come from "
+              "face and body alone (check the hands are in view and lit)", file=sys.stderr)
+    if stats.frames <= cfg.window and args.beam > 1:
+        how = f"the whole clip in one window, beam {args.beam}: offline decoding's settings"
+    elif args.beam > 1:
+        how = (f"greedy over {cfg.window}-frame windows: the {stats.frames}-frame stream is longer than the window, "
+               f"so offline --beam {args.beam} may differ (--window {stats.frames} decodes it as offline does)")
+    else:
+        how = "greedy, " + ("the whole clip in one window" if stats.frames <= cfg.window
+                            else f"over {cfg.window}-frame windows")
+    print(f"decoder: {how}; landmarks from {stats.workers} MediaPipe graph(s)", file=sys.stderr)
+    if args.frames_per_second_report:
+        print(fps_report(stats), file=sys.stderr)
     return 0
 
 

@@ -23,11 +23,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from models.base import InputSpec
+from models.base import TIME_REDUCTION, InputSpec
 from preprocess.commandline import command, prog
 
 if TYPE_CHECKING:
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLIP = "clips/wlasl_68011_book.mp4"  # under ../shared (or $SIGNDISTILL_SHARED)
+# the sign-to-gloss delay needs glosses made final while the stream runs: the demo student fires most
+# often on this shared clip (11 glosses over 3 plays; 1 or 2 on the others)
+DEFAULT_LATENCY_CLIP = "clips/wlasl_63048_wheelchair.mp4"
 SCALES = ("phoenix14",)  # --scale: the PHOENIX14-shaped training benchmark (evaluate.scale)
 
 
@@ -360,13 +363,68 @@ def benchmark_onnx(onnx: str | os.PathLike, frames: int = 200, threads: int = 1,
             "int8_ms": r["ms_per_clip"] if quantised else None, "frames": frames, "threads": threads}
 
 
+def _paced(frames: Iterable[Any], fed: list[float], fps: float | None) -> Iterator[Any]:
+    """Pass frames on, noting when each is handed over; with ``fps``, no faster than a camera at that rate."""
+    t0 = time.perf_counter()
+    for i, frame in enumerate(frames):
+        if fps:
+            delay = t0 + i / fps - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        fed.append(time.perf_counter())
+        yield frame
+
+
+def _live_session(clip: str | os.PathLike, model: Any, max_frames: int | None, threads: int, stream_cfg: Any,
+                  extractor: Callable | Sequence[Callable] | None, loops: int, workers: int | None,
+                  pace: bool) -> tuple[Any, list[tuple[float, Any]], list[float]]:
+    """One live session on a clip, set up as ``evaluate.infer --stream`` does (graphs warm up while the
+    model loads). Returns its ``StreamStats``, every update with the time it came, and when each frame was fed."""
+    import itertools
+
+    from evaluate.live.capture import capture_frames, prefetch
+    from evaluate.live.mediapipe_pool import HolisticWorkers, default_workers
+    from evaluate.live.runtime import load_recognizer, require_landmark_model
+    from evaluate.live.window import StreamConfig, StreamStats, stream_glosses
+
+    if loops < 1:
+        raise ValueError(f"loops must be >= 1, got {loops}")
+    started = time.perf_counter()
+    own = HolisticWorkers(default_workers() if workers is None else workers, warm_up=True) if extractor is None else None
+    try:
+        rec = load_recognizer(model, threads) if isinstance(model, (str, os.PathLike)) else model
+        require_landmark_model(rec)
+        rate = None
+        if pace:
+            from preprocess.video import probe_video
+
+            rate = probe_video(clip).fps or 25.0
+            if own:
+                own.wait()  # a camera feeds frames from the moment the session is ready, not before
+        stats, fed, timed = StreamStats(), [], []
+        played = itertools.islice(itertools.chain.from_iterable(capture_frames(clip) for _ in range(loops)), max_frames)
+        frames = prefetch(_paced(played, fed, rate))  # decoding overlaps MediaPipe, as in evaluate.infer
+        updates = stream_glosses(frames, own.extractors if own else extractor, rec, stream_cfg or StreamConfig(),
+                                 stats, started=started)
+        try:
+            for update in updates:
+                timed.append((time.perf_counter(), update))
+        finally:
+            updates.close()  # joins the landmark threads before the graphs close
+    finally:
+        if own:
+            own.close()
+    return stats, timed, fed
+
+
 def live_fps(clip: str | os.PathLike, model: Any, max_frames: int | None = None, threads: int = 1,
              stream_cfg: Any = None, extractor: Callable | Sequence[Callable] | None = None, loops: int = 1,
              workers: int | None = None) -> dict[str, Any]:
     """Live recognition rate on a real clip: OpenCV decode (prefetched) -> MediaPipe Holistic -> sliding-window model.
 
     The same loop as ``python -m evaluate.infer --stream``: decoding on one thread, MediaPipe
-    graphs on ``workers`` threads (frames dealt round-robin), the model on the calling thread.
+    graphs on ``workers`` threads (frames dealt round-robin, built and warmed up while the model
+    loads), the model on the calling thread; frames are fed as fast as the loop takes them.
 
     Args:
         clip: a video file, fed frame by frame as a webcam would.
@@ -380,44 +438,78 @@ def live_fps(clip: str | os.PathLike, model: Any, max_frames: int | None = None,
 
     Returns:
         ``frames``, ``fps`` (end to end), ``steady_fps`` (after the first frame), ``startup_s``
-        (file open + MediaPipe graph build), ``workers``, ``landmarks_ms_per_frame`` (inside
-        MediaPipe, summed over workers), ``wait_ms_per_frame`` (the loop waiting for landmarks),
-        ``model_ms_per_run``, ``runs``, ``other_ms_per_frame`` (bookkeeping), ``glosses``.
+        (from the session's start, model load, file open and graph build included, to the first
+        frame's landmarks), ``workers``, ``landmarks_ms_per_frame`` (inside MediaPipe, summed over
+        workers), ``wait_ms_per_frame`` (the loop waiting for landmarks), ``model_ms_per_run``,
+        ``runs``, ``other_ms_per_frame`` (bookkeeping), ``glosses``.
     """
-    import itertools
-    from evaluate.infer import (HolisticWorkers, StreamConfig, StreamStats, capture_frames, default_workers,
-                                load_recognizer, prefetch, require_landmark_model, stream_glosses)
-
-    if loops < 1:
-        raise ValueError(f"loops must be >= 1, got {loops}")
-    rec = load_recognizer(model, threads) if isinstance(model, (str, os.PathLike)) else model
-    require_landmark_model(rec)
-    stats = StreamStats()
-    own = HolisticWorkers(default_workers() if workers is None else workers) if extractor is None else None
-    played = itertools.chain.from_iterable(capture_frames(clip) for _ in range(loops))
-    frames = prefetch(itertools.islice(played, max_frames))  # decoding overlaps MediaPipe, as in evaluate.infer
-    updates = stream_glosses(frames, own.extractors if own else extractor, rec, stream_cfg or StreamConfig(), stats)
-    last = None
-    try:
-        for last in updates:
-            pass
-    finally:
-        updates.close()  # joins the landmark threads before the graphs close
-        if own:
-            own.close()
+    stats, timed, _ = _live_session(clip, model, max_frames, threads, stream_cfg, extractor, loops, workers, False)
     n = max(stats.frames, 1)
+    other = stats.wall_s - stats.setup_s - stats.wait_s - stats.model_s
     return {"clip": str(clip), "frames": stats.frames, "fps": stats.fps, "steady_fps": stats.steady_fps,
             "startup_s": stats.startup_s, "workers": stats.workers,
             "landmarks_ms_per_frame": 1000 * stats.extract_s / n, "wait_ms_per_frame": 1000 * stats.wait_s / n,
             "model_ms_per_run": 1000 * stats.model_s / max(stats.runs, 1), "runs": stats.runs,
-            "other_ms_per_frame": 1000 * max(stats.wall_s - stats.wait_s - stats.model_s, 0.0) / n,
-            "glosses": last.committed if last else []}
+            "other_ms_per_frame": 1000 * max(other, 0.0) / n,
+            "glosses": timed[-1][1].committed if timed else []}
 
 
-def default_clip() -> Path | None:
-    """The shared real clip used for the live figure, when the ../shared folder is present."""
+def sign_to_gloss(timed: Sequence[tuple[float, Any]], fed: Sequence[float], reduction: int = TIME_REDUCTION,
+                  ) -> dict[str, Any]:
+    """Per gloss of a live session: milliseconds from the feed of the sign's last frame to the gloss.
+
+    A gloss's sign is taken to end with the output step of its CTC spike (the frames
+    ``[j, j + 1) * reduction`` of spike step ``j``): the model has seen the sign by then. Two
+    delays are given per gloss: until it is *printed* (made final, the line ``evaluate.infer``
+    prints) and until it is first *shown* as tentative. Glosses made final only by the end of
+    the stream are counted apart (``flushed``): their delay depends on when the stream stopped.
+
+    Args:
+        timed: ``(perf_counter time, StreamUpdate)`` of every update, in order.
+        fed: ``perf_counter`` time each frame was fed, by frame index.
+
+    Returns:
+        ``printed_ms`` and ``shown_ms`` (one value per gloss made final during the stream),
+        ``median``/``p90`` of each, ``glosses`` and ``flushed`` counts.
+    """
+    tol = 2 * reduction  # the same gloss seen again within this many frames is the same gloss
+    shown: list[tuple[str, int, float]] = []  # (gloss, spike frame, first time shown)
+    printed_ms, shown_ms, flushed = [], [], 0
+    for t, update in timed:
+        for g, f in zip(update.tentative, update.tentative_frames):
+            if not any(s[0] == g and abs(s[1] - f) <= tol for s in shown):
+                shown.append((g, f, t))
+        if update.final:
+            flushed += len(update.new)
+            continue
+        for g, f in zip(update.new, update.new_frames):
+            last = min(f + reduction - 1, update.frame - 1, len(fed) - 1)  # the spike step's last frame fed
+            first = min([s[2] for s in shown if s[0] == g and abs(s[1] - f) <= tol] + [t])
+            printed_ms.append(1000 * (t - fed[last]))
+            shown_ms.append(1000 * (first - fed[last]))
+
+    def pct(x: list[float], q: float) -> float | None:
+        return float(np.percentile(x, q)) if x else None
+
+    return {"printed_ms": printed_ms, "shown_ms": shown_ms, "glosses": len(printed_ms), "flushed": flushed,
+            "printed_median_ms": pct(printed_ms, 50), "printed_p90_ms": pct(printed_ms, 90),
+            "shown_median_ms": pct(shown_ms, 50), "shown_p90_ms": pct(shown_ms, 90)}
+
+
+def live_latency(clip: str | os.PathLike, model: Any, loops: int = 8, threads: int = 1, stream_cfg: Any = None,
+                 extractor: Callable | Sequence[Callable] | None = None, workers: int | None = None) -> dict[str, Any]:
+    """Sign-to-gloss delays of live recognition (:func:`sign_to_gloss`) on a real clip fed at its own
+    frame rate from the moment the session is ready, as a camera would feed it."""
+    stats, timed, fed = _live_session(clip, model, None, threads, stream_cfg, extractor, loops, workers, True)
+    feed_fps = (len(fed) - 1) / (fed[-1] - fed[0]) if len(fed) > 1 and fed[-1] > fed[0] else 0.0
+    return {"clip": str(clip), "frames": stats.frames, "fps": stats.steady_fps, "feed_fps": feed_fps,
+            **sign_to_gloss(timed, fed)}
+
+
+def default_clip(name: str = DEFAULT_CLIP) -> Path | None:
+    """A shared real clip used for the live figures, when the ../shared folder is present."""
     shared = Path(os.environ.get("SIGNDISTILL_SHARED", ROOT.parent / "shared"))
-    clip = shared / DEFAULT_CLIP
+    clip = shared / name
     return clip if clip.is_file() else None
 
 
@@ -444,6 +536,35 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + f"\n\n(CPU, {th} thread(s), batch 1, median over repeats after warm-up)"
 
 
+def live_table(live: dict[str, Any], latency: dict[str, Any] | None = None) -> str:
+    """The live figures (:func:`live_fps`, :func:`live_latency`) as a markdown table and what they mean."""
+    def pair(a: float | None, b: float | None) -> str:
+        return "-" if a is None else f"{a:.0f} / {b:.0f}"
+
+    head = "| frames/s sustained | frames/s with start-up | start-up s |"
+    rule = "|---:|---:|---:|"
+    row = f"| {live['steady_fps']:.1f} | {live['fps']:.1f} | {live['startup_s']:.2f} |"
+    if latency is not None:
+        head += " gloss printed, ms after its sign (median / p90) | first shown, ms (median / p90) | glosses |"
+        rule += "---:|---:|---:|"
+        row += (f" {pair(latency['printed_median_ms'], latency['printed_p90_ms'])} |"
+                f" {pair(latency['shown_median_ms'], latency['shown_p90_ms'])} |"
+                f" {latency['glosses']} (+{latency['flushed']} at the end) |")
+    notes = [f"live recognition of {Path(live['clip']).name} with {live['workers']} MediaPipe graph(s): frames/s over "
+             f"{live['frames']} frames fed as fast as the loop takes them; start-up from the session's start (the "
+             "graphs warm up while the model loads and the file opens) to the first frame's landmarks"]
+    if latency is not None:
+        notes.append(f"sign to gloss over {latency['frames']} frames of {Path(latency['clip']).name} fed at its own "
+                     f"rate as a camera would ({latency['feed_fps']:.1f} frames/s fed, {latency['fps']:.1f} "
+                     "processed): from the feed of the last frame of a gloss's CTC spike "
+                     "to the gloss printed (final) or first shown (tentative); glosses made final only by the "
+                     "end of the stream are not timed")
+    notes.append(f"MediaPipe {live['landmarks_ms_per_frame']:.1f} ms/frame summed over its threads, the loop waited "
+                 f"{live['wait_ms_per_frame']:.1f} ms/frame | model {live['model_ms_per_run']:.2f} ms/run x "
+                 f"{live['runs']} | other {live['other_ms_per_frame']:.1f} ms/frame")
+    return "\n".join([head, rule, row, ""] + [f"({n})" for n in notes])
+
+
 @command
 def main(argv: list[str] | None = None) -> int:
     pre = argparse.ArgumentParser(add_help=False)
@@ -467,6 +588,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure live fps (MediaPipe + landmark model) on CLIP (default: the shared clip)")
     parser.add_argument("--live-frames", type=int, default=None, help="stop the live measurement after N frames")
     parser.add_argument("--live-loops", type=int, default=3, help="play the live clip this many times (default 3)")
+    parser.add_argument("--live-latency-clip", metavar="CLIP", default=None,
+                        help=f"clip for the sign-to-gloss delay of --live (default: the shared {DEFAULT_LATENCY_CLIP})")
+    parser.add_argument("--live-latency-loops", type=int, default=4,
+                        help="play that clip this many times at its own frame rate (default 4; 0 skips the delay)")
     parser.add_argument("--live-workers", type=int, default=None,
                         help="MediaPipe graphs on parallel threads for --live (default: CPU cores, at most 2)")
     parser.add_argument("--json", help="also write the results to this JSON file")
@@ -494,11 +619,12 @@ def main(argv: list[str] | None = None) -> int:
         live = live_fps(clip, model, args.live_frames, args.threads, loops=args.live_loops,
                         workers=args.live_workers)
         result["live"] = live
-        print(f"\nlive ({Path(clip).name}, {live['frames']} frames): {live['steady_fps']:.1f} frames/s "
-              f"sustained, {live['fps']:.1f} with the {live['startup_s']:.2f} s start-up | "
-              f"MediaPipe {live['landmarks_ms_per_frame']:.1f} ms/frame on {live['workers']} thread(s), "
-              f"waited {live['wait_ms_per_frame']:.1f} ms/frame | model {live['model_ms_per_run']:.2f} "
-              f"ms/run x {live['runs']} | other {live['other_ms_per_frame']:.1f} ms/frame")
+        latency = None
+        if args.live_latency_loops > 0:
+            slow = Path(args.live_latency_clip) if args.live_latency_clip else default_clip(DEFAULT_LATENCY_CLIP) or clip
+            latency = live_latency(slow, model, args.live_latency_loops, args.threads, workers=args.live_workers)
+            result["live_latency"] = latency
+        print("\n" + live_table(live, latency))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

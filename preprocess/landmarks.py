@@ -223,6 +223,19 @@ class HolisticExtractor:
             else:
                 mask[lo:hi] = True
 
+    def warm_up(self) -> None:
+        """Build the graph and run one blank frame through it, so the next frame is not slowed by start-up.
+
+        Most of a graph's start-up is paid on its first frame (models initialised on first use);
+        a blank frame pays it without leaving tracking state: on the ten ../shared/clips the
+        landmarks that follow are bit-identical to those of a fresh graph. Does nothing to a
+        graph that has already run.
+        """
+        if self._used:
+            return
+        blank = np.zeros((64, 64, 3), dtype=np.uint8)
+        self._extract_into(blank, np.zeros((NUM_POINTS, 3), dtype=np.float32), np.zeros(NUM_POINTS, dtype=bool))
+
     def process_frame(self, frame: np.ndarray, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Landmarks of the next frame of the current video (tracking from the previous call).
 

@@ -98,6 +98,9 @@ def test_sliding_window_commits_every_gloss_once(window, hop, guard):
     want = [VOCAB[t] for t in seq]
     assert updates[-1].committed == want
     assert sum((u.new for u in updates), []) == want  # each gloss announced exactly once, in order
+    onsets = [6 + 20 * i for i in range(len(seq))]  # token_frames: lead 6, each gloss 12 on + 8 off
+    spikes = sum((u.new_frames for u in updates), [])
+    assert len(spikes) == len(seq) and all(abs(f - o) <= 4 for f, o in zip(spikes, onsets))  # within a step
     for u in updates:  # what is final never changes afterwards
         assert u.committed == want[: len(u.committed)]
     if window < len(toks):
@@ -177,6 +180,10 @@ def test_live_holistic_workers_on_real_frames(shared_dir):
     frames = list(I.capture_frames(clip, max_frames=8))
     with I.HolisticWorkers(2) as workers:
         out = list(I.extract_landmarks(iter(frames), workers.extractors))
+    with I.HolisticWorkers(2, warm_up=True) as warmed:  # built and run on a blank frame before the stream
+        for a, b in zip(out, I.extract_landmarks(iter(frames), warmed.extractors)):
+            np.testing.assert_array_equal(a[0], b[0])  # the blank frame leaves no tracking state
+            np.testing.assert_array_equal(a[1], b[1])
     with HolisticExtractor() as holistic:
         ref_kp, ref_mask = holistic(np.stack(frames), "book")
     kp, mask = np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
@@ -361,3 +368,29 @@ def test_prefetch_keeps_order_and_reraises():
     assert got == [1, 2]
     latest = list(I.prefetch(iter(range(20)), depth=2, keep_latest=True))
     assert latest == sorted(latest) and latest[-1] == 19  # may skip frames, never reorders, ends at the last
+
+
+def test_sign_to_gloss_times_each_gloss_from_its_spike():
+    fed = [0.1 * i for i in range(40)]  # frame i fed at i/10 s
+    ups = [(1.0, I.StreamUpdate(10, [], [], ["G3"], tentative_frames=[5])),  # G3 first shown at 1.0 s
+           (2.0, I.StreamUpdate(20, ["G3", "G2"], ["G3", "G2"], [], new_frames=[4, 12])),  # G3 near 5: same gloss
+           (3.0, I.StreamUpdate(40, ["G3", "G2", "G5"], ["G5"], [], final=True, new_frames=[30]))]
+    r = S.sign_to_gloss(ups, fed, reduction=4)
+    # G3: spike step of frame 4 ends with frame 7 (fed 0.7 s): printed 1.3 s later, shown 0.3 s later;
+    # G2: frame 15 (1.5 s), never shown before: both 0.5 s; G5 became final only at the end of the stream
+    np.testing.assert_allclose(r["printed_ms"], [1300, 500])
+    np.testing.assert_allclose(r["shown_ms"], [300, 500])
+    assert r["glosses"] == 2 and r["flushed"] == 1
+    assert r["printed_median_ms"] == pytest.approx(900) and r["printed_p90_ms"] == pytest.approx(1220)
+    none = S.sign_to_gloss([(1.0, I.StreamUpdate(5, ["G1"], ["G1"], [], final=True, new_frames=[2]))], fed)
+    assert none["glosses"] == 0 and none["printed_median_ms"] is None and none["flushed"] == 1
+
+
+def test_live_latency_feeds_a_clip_no_faster_than_its_frame_rate(shared_dir, student_onnx):
+    clip = shared_dir / "clips" / "wlasl_68011_book.mp4"  # 55 frames at 30 frames/s
+    kp, mask = landmarks(1)
+    res = S.live_latency(clip, student_onnx, loops=1, stream_cfg=I.StreamConfig(32, 8, 8),
+                         extractor=lambda frame: (kp[0], mask[0]))
+    assert res["frames"] == 55 and 0 < res["feed_fps"] <= 30 * 1.02
+    assert res["glosses"] == len(res["printed_ms"]) == len(res["shown_ms"])
+    assert all(s <= p for s, p in zip(res["shown_ms"], res["printed_ms"]))  # shown no later than printed

@@ -7,6 +7,7 @@ tracking across the frames dealt to it, and their landmarks come back in frame o
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
 from functools import partial
@@ -31,17 +32,55 @@ class HolisticWorkers:
     """``workers`` MediaPipe Holistic graphs sharing one stream round-robin (see :func:`extract_landmarks`).
 
     ``extractors`` are the per-thread callables for :func:`stream_glosses`; each tells its graph
-    that ``workers`` frames pass between its calls. Close (or use as a context manager) only
-    after the stream generator is closed: that joins the threads still inside a graph.
+    that ``workers`` frames pass between its calls. With ``warm_up`` (or after :meth:`start`)
+    every graph is built and run on a blank frame at once, each on its own thread, while the
+    caller goes on (loading the model, opening the camera): a graph's start-up is mostly paid
+    on its first frame, and this way it overlaps the rest of the session's start instead of
+    following it. Close (or use as a context manager) only after the stream generator is
+    closed: that joins the threads still inside a graph.
     """
 
-    def __init__(self, workers: int, config=None) -> None:
+    def __init__(self, workers: int, config=None, warm_up: bool = False) -> None:
         from preprocess.landmarks import HolisticExtractor
 
         if workers < 1:
             raise ValueError(f"workers must be >= 1 MediaPipe graph, got {workers}")
-        self.graphs = [HolisticExtractor(config) for _ in range(workers)]  # built on their first frame
-        self.extractors: list[FrameExtractor] = [partial(g.process_frame, step=workers) for g in self.graphs]
+        self.graphs = [HolisticExtractor(config) for _ in range(workers)]  # built on first use
+        self._warming: list[threading.Thread | None] = [None] * workers
+        self._errors: list[BaseException | None] = [None] * workers
+        self.extractors: list[FrameExtractor] = [partial(self._process, k) for k in range(workers)]
+        if warm_up:
+            self.start()
+
+    def start(self) -> None:
+        """Build and warm up every graph in the background; returns at once (errors surface on the first frame)."""
+        for k, graph in enumerate(self.graphs):
+            if self._warming[k] is None:
+                thread = threading.Thread(target=self._warm, args=(k,), name=f"warm-up-{k}", daemon=True)
+                self._warming[k] = thread
+                thread.start()
+
+    def wait(self) -> None:
+        """Block until every started warm-up is done (a graph's error still surfaces on its first frame)."""
+        for thread in self._warming:
+            if thread is not None:
+                thread.join()
+
+    def _warm(self, k: int) -> None:
+        try:
+            self.graphs[k].warm_up()
+        except BaseException as e:  # handed to the graph's first frame
+            self._errors[k] = e
+
+    def _process(self, k: int, frame: Any) -> Landmarks:
+        """Graph ``k``'s landmarks of its next frame, once its warm-up (if any) is done."""
+        warming = self._warming[k]
+        if warming is not None:
+            warming.join()
+            self._warming[k] = None
+            if self._errors[k] is not None:
+                raise self._errors[k]
+        return self.graphs[k].process_frame(frame, step=len(self.graphs))
 
     def __enter__(self) -> "HolisticWorkers":
         return self
@@ -50,9 +89,9 @@ class HolisticWorkers:
         self.close()
 
     def close(self) -> None:
+        self.wait()
         for g in self.graphs:
             g.close()
-
 
 
 def extract_landmarks(frames: Iterable[Any], extractors: Sequence[FrameExtractor], ahead: int = 1,
@@ -73,7 +112,6 @@ def extract_landmarks(frames: Iterable[Any], extractors: Sequence[FrameExtractor
     Yields:
         (keypoints, mask) of each frame, in frame order; an extractor's error is raised here.
     """
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     if not extractors:

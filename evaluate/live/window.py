@@ -10,9 +10,10 @@ committed early: at the end the result is exactly the model's decoding of the wh
 """
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -52,6 +53,8 @@ class StreamUpdate:
     new: list[str]  # glosses made final by this run
     tentative: list[str]  # the current window's glosses after the final ones (may still change)
     final: bool = False  # the end-of-stream update
+    new_frames: list[int] = field(default_factory=list)  # stream frame of each of ``new``'s CTC spikes
+    tentative_frames: list[int] = field(default_factory=list)  # the same for ``tentative``
 
 
 @dataclass
@@ -64,9 +67,11 @@ class StreamStats:
     extract_s: float = 0.0  # seconds inside the landmark extractors, summed over workers
     wait_s: float = 0.0  # seconds the recognition loop waited for landmarks (extraction not hidden)
     model_s: float = 0.0  # seconds in the model (+ greedy decoding)
-    wall_s: float = 0.0  # seconds from the first frame request to the end
-    startup_s: float = 0.0  # seconds until the first frame's landmarks (camera open + MediaPipe graph build)
+    wall_s: float = 0.0  # seconds from the session's start to the end
+    startup_s: float = 0.0  # seconds from the session's start to the first frame's landmarks (graphs, camera, model)
     hand_frames: int = 0  # frames on which either hand was found (543-point layouts)
+    setup_s: float = 0.0  # of ``startup_s``, the seconds before the loop asked for its first frame
+    process_startup_s: float | None = None  # seconds from the process's start to the first frame's landmarks
 
     @property
     def fps(self) -> float:
@@ -118,19 +123,20 @@ class LandmarkStream:
         if self.seen != self.last_run or whole:
             return self._run(final=True)
         new = self._commit(self.pending)
-        return StreamUpdate(self.seen, self._glosses(self.committed), new, [], final=True)
+        return StreamUpdate(self.seen, self._glosses(self.committed), self._glosses(new), [], final=True,
+                            new_frames=[f for _, f in new])
 
     def _glosses(self, items: Sequence[tuple[int, int]]) -> list[str]:
         return [self.rec.vocab[t] for t, _ in items]
 
-    def _commit(self, items: list[tuple[int, int]]) -> list[str]:
+    def _commit(self, items: list[tuple[int, int]]) -> list[tuple[int, int]]:
         self.committed.extend(items)
         self.pending = [p for p in self.pending if p not in items]
-        return self._glosses(items)
+        return items
 
     def _run(self, final: bool) -> StreamUpdate:
         start = self.seen - len(self.kp)  # absolute frame of the window's first frame
-        new: list[str] = []
+        new: list[tuple[int, int]] = []  # (token, spike frame) made final by this run
         if start > 0:  # frames have left the window: what the last run decided before start+guard is final
             limit = start + self.cfg.guard
             new += self._commit([p for p in self.pending if p[1] < limit])
@@ -164,13 +170,14 @@ class LandmarkStream:
         self.pending = cands
         if final:
             new += self._commit(list(cands))
-        return StreamUpdate(self.seen, self._glosses(self.committed), new, self._glosses(self.pending), final)
+        return StreamUpdate(self.seen, self._glosses(self.committed), self._glosses(new), self._glosses(self.pending),
+                            final, [f for _, f in new], [f for _, f in self.pending])
 
 
 
 def stream_glosses(frames: Iterable[Any], extractor: FrameExtractor | Sequence[FrameExtractor], rec: Recognizer,
                    cfg: StreamConfig = StreamConfig(), stats: StreamStats | None = None,
-                   beam: int = 1) -> Iterator[StreamUpdate]:
+                   beam: int = 1, started: float | None = None) -> Iterator[StreamUpdate]:
     """The live loop over any frame iterator (camera, video file, or a test's synthetic frames).
 
     Landmarks are extracted on background threads (:func:`extract_landmarks`) while this
@@ -186,6 +193,8 @@ def stream_glosses(frames: Iterable[Any], extractor: FrameExtractor | Sequence[F
         stats: filled in with frame counts and timings when given.
         beam: beam width of the final decoding when the window covered the whole stream
             (the result is then offline decoding's); windows that slide decode greedily.
+        started: ``time.perf_counter()`` when the session began (graphs, model and camera set
+            up before this call count in ``stats.startup_s``); default: now.
 
     Yields:
         A :class:`StreamUpdate` after every model run; the last one has ``final=True``.
@@ -194,7 +203,8 @@ def stream_glosses(frames: Iterable[Any], extractor: FrameExtractor | Sequence[F
     stream = LandmarkStream(rec, cfg, beam)
     stats = stats if stats is not None else StreamStats()
     stats.workers = len(extractors)
-    t_start = time.perf_counter()
+    t_start = time.perf_counter() if started is None else started
+    stats.setup_s = time.perf_counter() - t_start
     landmarks = extract_landmarks(frames, extractors, stats=stats)
     try:
         for kp, mask in landmarks:
@@ -203,6 +213,7 @@ def stream_glosses(frames: Iterable[Any], extractor: FrameExtractor | Sequence[F
                 stats.hand_frames += 1
             if stats.frames == 1:
                 stats.startup_s = time.perf_counter() - t_start
+                stats.process_startup_s = process_age_s()
             update = stream.push(kp, mask)
             if update is not None:
                 stats.runs, stats.model_s, stats.wall_s = stream.runs, stream.model_s, time.perf_counter() - t_start
@@ -214,12 +225,29 @@ def stream_glosses(frames: Iterable[Any], extractor: FrameExtractor | Sequence[F
     yield update
 
 
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux ``/proc``, 10 ms steps; None elsewhere).
+
+    The start-up a user of the command line waits for: interpreter, imports and all.
+    """
+    try:
+        with open("/proc/self/stat") as f:
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(uptime - started_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 def fps_report(stats: StreamStats) -> str:
     """One line: overall frames/s and where the time goes."""
     n = max(stats.frames, 1)
-    other = max(stats.wall_s - stats.wait_s - stats.model_s, 0.0)
+    other = max(stats.wall_s - stats.setup_s - stats.wait_s - stats.model_s, 0.0)
     return (f"{stats.frames} frames in {stats.wall_s:.2f} s = {stats.fps:.1f} frames/s "
             f"({stats.steady_fps:.1f} after the {stats.startup_s:.2f} s start-up) | landmarks "
             f"{1000 * stats.extract_s / n:.1f} ms/frame on {stats.workers} thread(s), waited for "
             f"{1000 * stats.wait_s / n:.1f} ms/frame | model {1000 * stats.model_s / max(stats.runs, 1):.2f} ms/run "
-            f"x {stats.runs} runs | other {1000 * other / n:.1f} ms/frame")
+            f"x {stats.runs} runs | other {1000 * other / n:.1f} ms/frame"
+            + ("" if stats.process_startup_s is None else
+               f" | first frame {stats.process_startup_s:.2f} s after the process started"))
