@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from models.temporal import length_mask
@@ -75,6 +74,8 @@ def _check_state_dict(state: dict[str, Tensor], model: nn.Module, path: Path, ba
 
 def torch_cache_weights(backbone: str) -> Path:
     """Path of torchvision's ImageNet file for ``backbone`` in the torch hub cache (must exist)."""
+    import torchvision  # here, not at the top: its import costs ~1 s, which a landmark model never needs
+
     enum = torchvision.models.get_model_weights(backbone)
     ckpt_dir = Path(torch.hub.get_dir()) / "checkpoints"
     candidates = [ckpt_dir / w.url.rsplit("/", 1)[-1] for w in enum]
@@ -155,6 +156,8 @@ class RGBEncoder(nn.Module):
             self.cnn: nn.Module = TinyCNN(tiny_channels)
             self.out_dim = self.cnn.out_dim
             return
+        import torchvision
+
         net = getattr(torchvision.models, backbone)(weights=None)
         net.fc = nn.Identity()  # keep the pooled 512/2048-d feature
         if pretrained is not None:
