@@ -151,9 +151,15 @@ class HolisticExtractor:
     call :meth:`close`.
     """
 
-    def __init__(self, config: HolisticConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, config: HolisticConfig | None = None, *, graph_threads: int | None = None,
+                 **overrides: Any) -> None:
         base = config or HolisticConfig()
         self.config = HolisticConfig(**{**base.to_dict(), **overrides}) if overrides else base
+        if graph_threads is not None and graph_threads < 1:
+            raise ValueError(f"graph_threads must be >= 1, got {graph_threads}")
+        # threads of the graph's own scheduler (None: MediaPipe's default, one per core); the same
+        # landmarks either way, but graphs that already run one per core only contend with more
+        self.graph_threads = graph_threads
         self._graph = None
         self._used = False  # a frame went through the graph since it was built or reset
 
@@ -164,10 +170,10 @@ class HolisticExtractor:
         self.close()
 
     def __getstate__(self) -> dict:
-        return {"config": self.config}  # the native graph does not pickle; rebuilt on demand
+        return {"config": self.config, "graph_threads": self.graph_threads}  # the native graph is rebuilt on demand
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["config"])
+        self.__init__(state["config"], graph_threads=state.get("graph_threads"))
 
     def close(self) -> None:
         if self._graph is not None:
@@ -184,8 +190,18 @@ class HolisticExtractor:
     def _build_graph(self):
         from mediapipe.python.solutions import holistic
 
+        threads = self.graph_threads
+
+        class Holistic(holistic.Holistic):
+            def _initialize_graph_interface(self, *args: Any, **kwargs: Any):
+                # the solution API builds its graph from the config this returns (mediapipe 0.10.21)
+                config = super()._initialize_graph_interface(*args, **kwargs)
+                if threads is not None:
+                    _set_graph_threads(config, threads)
+                return config
+
         c = self.config
-        return holistic.Holistic(
+        return Holistic(
             static_image_mode=False,
             model_complexity=c.model_complexity,
             smooth_landmarks=c.smooth_landmarks,
@@ -288,6 +304,18 @@ class HolisticExtractor:
                 f"(or lower min_detection_confidence, now {self.config.min_detection_confidence})"
             )
         return keypoints, mask
+
+
+def _set_graph_threads(config: Any, threads: int) -> None:
+    """Give a CalculatorGraphConfig's default scheduler ``threads`` threads."""
+    from mediapipe.framework import thread_pool_executor_pb2
+
+    default = [e for e in config.executor if not e.name]
+    if not default:
+        config.num_threads = threads
+        return
+    for executor in default:
+        executor.options.Extensions[thread_pool_executor_pb2.ThreadPoolExecutorOptions.ext].num_threads = threads
 
 
 def detection_rates(mask: np.ndarray) -> dict[str, float]:

@@ -124,10 +124,24 @@ def test_invalid_config_is_refused(bad):
         HolisticConfig(**bad)
 
 
+def test_one_scheduler_thread_and_a_warm_up_leave_the_landmarks_unchanged(shared_dir, extracted):
+    """graph_threads (the graph's own scheduler) and warm_up (a blank frame first) change only timing."""
+    frames = read_frames(shared_dir / "clips" / "wlasl_68011_book.mp4", max_frames=6)[0]
+    whole_kp, whole_mask = extracted[0]["wlasl_68011_book"]
+    with HolisticExtractor(graph_threads=1) as extractor:
+        extractor.warm_up()
+        out = [extractor.process_frame(f) for f in frames]
+    np.testing.assert_array_equal(np.stack([o[1] for o in out]), whole_mask[:6])
+    np.testing.assert_array_equal(np.stack([o[0] for o in out]), whole_kp[:6])
+    with pytest.raises(ValueError, match="graph_threads must be >= 1, got 0"):
+        HolisticExtractor(graph_threads=0)
+
+
 def test_bad_frames_and_pickling():
-    extractor = HolisticExtractor(min_detection_confidence=0.3)
+    extractor = HolisticExtractor(min_detection_confidence=0.3, graph_threads=1)
     clone = pickle.loads(pickle.dumps(extractor))  # unused extractors travel to worker processes
     assert clone.config == extractor.config and clone.config.min_detection_confidence == 0.3
+    assert clone.graph_threads == 1
     with pytest.raises(ValueError, match="clip7: frames must be uint8"):
         extractor(np.zeros((2, 8, 8, 3), np.float32), "clip7")
     with pytest.raises(ValueError, match="no frames"):

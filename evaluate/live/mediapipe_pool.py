@@ -45,7 +45,10 @@ class HolisticWorkers:
 
         if workers < 1:
             raise ValueError(f"workers must be >= 1 MediaPipe graph, got {workers}")
-        self.graphs = [HolisticExtractor(config) for _ in range(workers)]  # built on first use
+        # one graph per core already keeps the cores busy: each graph's scheduler gets its share of
+        # them (1 thread on 2 cores with 2 graphs), not a thread per core that only contends
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        self.graphs = [HolisticExtractor(config, graph_threads=threads) for _ in range(workers)]  # built on first use
         self._warming: list[threading.Thread | None] = [None] * workers
         self._errors: list[BaseException | None] = [None] * workers
         self.extractors: list[FrameExtractor] = [partial(self._process, k) for k in range(workers)]
