@@ -157,8 +157,8 @@ class HolisticExtractor:
         self.config = HolisticConfig(**{**base.to_dict(), **overrides}) if overrides else base
         if graph_threads is not None and graph_threads < 1:
             raise ValueError(f"graph_threads must be >= 1, got {graph_threads}")
-        # threads of the graph's own scheduler (None: MediaPipe's default, one per core); the same
-        # landmarks either way, but graphs that already run one per core only contend with more
+        # threads of the graph's own scheduler (None: MediaPipe's default, one per core); the
+        # landmarks are the same either way, only the scheduling differs
         self.graph_threads = graph_threads
         self._graph = None
         self._used = False  # a frame went through the graph since it was built or reset

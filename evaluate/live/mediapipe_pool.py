@@ -45,8 +45,8 @@ class HolisticWorkers:
 
         if workers < 1:
             raise ValueError(f"workers must be >= 1 MediaPipe graph, got {workers}")
-        # one graph per core already keeps the cores busy: each graph's scheduler gets its share of
-        # them (1 thread on 2 cores with 2 graphs), not a thread per core that only contends
+        # each graph's own scheduler gets its share of the cores (1 thread each for 2 graphs on
+        # 2 cores) rather than a thread per core; the landmarks are the same either way
         threads = max(1, (os.cpu_count() or 1) // workers)
         self.graphs = [HolisticExtractor(config, graph_threads=threads) for _ in range(workers)]  # built on first use
         self._warming: list[threading.Thread | None] = [None] * workers
@@ -57,7 +57,7 @@ class HolisticWorkers:
 
     def start(self) -> None:
         """Build and warm up every graph in the background; returns at once (errors surface on the first frame)."""
-        for k, graph in enumerate(self.graphs):
+        for k in range(len(self.graphs)):
             if self._warming[k] is None:
                 thread = threading.Thread(target=self._warm, args=(k,), name=f"warm-up-{k}", daemon=True)
                 self._warming[k] = thread
