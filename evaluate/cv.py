@@ -24,7 +24,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from preprocess.configs import UserError, print_user_error
+from preprocess.commandline import add_cache, add_device, add_out, command, prog
+from preprocess.configs import UserError
+from preprocess.device import resolve_device
 from preprocess.folds import GROUP_BY, FoldView, make_fold_view, own_splits_view
 from preprocess.files import atomic_write_text
 
@@ -268,13 +270,14 @@ def _run_ensemble(members: Sequence[Path], view: FoldView, out: Path, cache: str
     return result
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evaluate.cv", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=prog("evaluate.cv"), description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True, help="dataset under the cache root (make features DATASET=...)")
     p.add_argument("--teacher-config", help="teacher training YAML (its data.dataset is replaced by each fold)")
     p.add_argument("--recipe", help="distillation recipe name or YAML (its data.dataset is replaced by each fold)")
-    p.add_argument("--cache", default="cache", help="cache root")
-    p.add_argument("--out", default="exp/cv", help="output root; runs go to <out>/<dataset>/<fold>/seed<N>/")
+    add_cache(p, default="cache")
+    add_out(p, "output root; runs go to <out>/<dataset>/<fold>/seed<N>/", default="exp/cv")
     p.add_argument("--folds", type=int, default=5, help="number of folds (1: the dataset's own train/dev/test splits)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds per fold")
     p.add_argument("--group-by", choices=GROUP_BY, default="none",
@@ -285,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="override the teacher's and the recipe's epochs")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="which models to run")
     p.add_argument("--beam", type=int, default=10, help="beam of the teacher's held-out decoding")
-    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="training device")
+    add_device(p, "training device")
     p.add_argument("--ensemble-teacher", choices=("teacher", "twin"),
                    help="students distil from the ensemble of their fold's teachers (or CTC-only twins) over all seeds")
     p.add_argument("--teacher-ckpt", nargs="+", help="an already trained teacher (several: their ensemble) "
@@ -293,13 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only-folds", type=int, nargs="+", help="run only these folds (e.g. one process per core)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        report = cross_validate(args.dataset, args.teacher_config, args.recipe, args.cache, args.out, args.folds,
-                                args.seeds, args.group_by, args.dev_frac, args.epochs, args.models, args.beam,
-                                args.device, args.fold_seed, args.ensemble_teacher, args.only_folds,
-                                args.teacher_ckpt)
-    except UserError as e:
-        return print_user_error(e)
+    report = cross_validate(args.dataset, args.teacher_config, args.recipe, args.cache, args.out, args.folds,
+                            args.seeds, args.group_by, args.dev_frac, args.epochs, args.models, args.beam,
+                            str(resolve_device(args.device)), args.fold_seed, args.ensemble_teacher, args.only_folds,
+                            args.teacher_ckpt)
     out = Path(args.out) / args.dataset
     print((out / "report.md").read_text(encoding="utf-8"), end="")
     print(f"report: {out / 'report.json'}")
