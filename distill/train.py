@@ -185,7 +185,6 @@ def online_teacher_outputs(teacher: nn.Module, recipe: Recipe, inputs: dict[str,
         out = teacher(inputs, lengths)
     arrays = {"logits": out.main.float().log_softmax(-1)}  # [B, T', V]
     arrays.update({name: out.features[name].float() for name in recipe.teacher.features})
-    arrays["correct"] = torch.ones(len(lengths), dtype=torch.bool, device=lengths.device)
     return arrays
 
 
@@ -417,9 +416,10 @@ def _prepare_teacher(recipe: Recipe, teacher: str | Sequence[str] | None, out_di
     out = _Teacher(info={"path": tname, "fingerprint": teacher_fingerprint(tckpt), "online": recipe.teacher.online})
     warn_if_teacher_weaker(tpath, out_dir)
     if recipe.teacher.online:
-        out.online = check_online_teacher(recipe, tmodel, tckpt, spec, streams, tname).to(device)
-        teacher_dims = {n: int(f.shape[-1]) for n, f in
+        tmodel = check_online_teacher(recipe, tmodel, tckpt, spec, streams, tname)
+        teacher_dims = {n: int(f.shape[-1]) for n, f in  # probed on the CPU, before the move to the device
                         probe(tmodel, spec, streams).features.items() if n in recipe.teacher.features}
+        out.online = tmodel.to(device)
     else:
         del tmodel
         t0 = time.time()
