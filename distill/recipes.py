@@ -4,7 +4,7 @@ A recipe names a teacher, a student, the data, the losses and the training sched
 
     method: kdmslrt              # informative: smkd | crkd | signkd | kdmslrt
     paper: {...}                 # the paper's hyper-parameters at paper scale (not read)
-    teacher: {name, config, features, reduce_dim}   # absent: no teacher (SMKD)
+    teacher: {name, config, features, reduce_dim, online, out_of_fold}   # absent: no teacher (SMKD)
     data: {dataset, cache, augment}                 # models.train.DataConfig (streams: from the student)
     student: {kind, ...}                            # models.students.StudentConfig (+ lrinet_width, lrinet_stem_repeats)
     landmark_augment: {...}                         # KD-MSLRT augmentations (landmark students)
@@ -46,6 +46,16 @@ class TeacherSpec:
     online: bool = False  # run the teacher on every augmented training batch (the student's exact view)
     #   instead of caching its outputs on the clean clips: a teacher that fits its training clips
     #   says little more than the labels there, but on a perturbed clip it shows what it would guess
+    out_of_fold: bool = False  # an ensemble whose members trained on different folds: each clip's
+    #   cached posteriors are the mean of only the members that never trained on it (evaluate.cv --cross-fit)
+
+    def __post_init__(self) -> None:
+        if self.online and self.reduce_dim:
+            raise ValueError("teacher.reduce_dim shrinks cached features; an online teacher (teacher.online) "
+                             "passes them whole: drop reduce_dim")
+        if self.online and self.out_of_fold:
+            raise ValueError("teacher.out_of_fold chooses the members per cached clip; it cannot run online: "
+                             "set teacher.online: false")
 
 
 @dataclass(frozen=True)

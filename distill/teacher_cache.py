@@ -57,15 +57,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from models.base import TIME_REDUCTION, InputSpec
+from models.base import TIME_REDUCTION, InputSpec, ModelOutput
 from models.checkpoint import Checkpoint, check_compatible
-from models.ensemble import checkpoint_paths, load_ensemble
+from models.ensemble import Ensemble, checkpoint_paths, load_ensemble
 from models.data import AugmentConfig, BucketBatchSampler, CacheDataset, collate
 from evaluate.core.decode import decode_outputs
 from models.students import LandmarkAugment, LandmarkAugmentConfig
 from preprocess import cache as cache_lib
 from preprocess.configs import UserError
 from preprocess.files import atomic_write_text
+from preprocess.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,12 @@ def teacher_fingerprint(ckpt: Checkpoint) -> str:
 
 
 def data_fingerprint(meta: Mapping[str, Any], dataset: str, split: str, crop_size: int,
-                     features: Sequence[str], reduce_dim: int) -> str:
+                     features: Sequence[str], reduce_dim: int, out_of_fold: bool = False) -> str:
     """What the cached outputs depend on besides the teacher: the cache config and our settings."""
     d = {"format": FORMAT, "dataset": dataset, "split": split, "config_hash": meta.get("config_hash"),
          "crop_size": int(crop_size), "features": sorted(features), "reduce_dim": int(reduce_dim)}
+    if out_of_fold:  # absent otherwise, so caches written before the option keep their fingerprint
+        d["out_of_fold"] = True
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -246,7 +249,8 @@ def _open_if_complete(split_dir: Path) -> TeacherCache | None:
 @torch.no_grad()
 def prepare_teacher_cache(teacher: str | os.PathLike | Sequence[str | os.PathLike], cache_root: str | os.PathLike, dataset: str, split: str,
                           out_dir: str | os.PathLike, features: Sequence[str] = (), reduce_dim: int = 0,
-                          rebuild: bool = False, batch_size: int = 8, device: str | torch.device = "cpu") -> TeacherCache:
+                          rebuild: bool = False, batch_size: int = 8, device: str | torch.device = "cpu",
+                          out_of_fold: bool = False) -> TeacherCache:
     """The teacher outputs of ``split``: reused when they match, built when absent, refused when stale.
 
     Args:
@@ -257,9 +261,12 @@ def prepare_teacher_cache(teacher: str | os.PathLike | Sequence[str | os.PathLik
         features: teacher feature names to store besides the posteriors.
         reduce_dim: > 0: store wider features through a random projection to this width.
         rebuild: rebuild a stale cache instead of refusing it.
+        out_of_fold: every clip's posteriors are the mean of only the members that never trained
+            on it (see :func:`out_of_fold_members`).
 
     Raises:
         StaleTeacherCache: the cache exists but no longer matches, and ``rebuild`` is False.
+        UserError: ``out_of_fold`` and some clip was trained on by every member.
     """
     if reduce_dim < 0:
         raise ValueError(f"teacher reduce_dim must be >= 0, got {reduce_dim}")
@@ -274,7 +281,13 @@ def prepare_teacher_cache(teacher: str | os.PathLike | Sequence[str | os.PathLik
     ds = CacheDataset(cache_root, dataset, split, streams, augment=None, crop_size=crop, require_targets=False)
     utts = {u.id: int(n) for u, n in zip(ds.utts, ds.lengths)}
     teacher_fp = teacher_fingerprint(ckpt)
-    data_fp = data_fingerprint(ds.meta, dataset, split, crop, features, reduce_dim)
+    data_fp = data_fingerprint(ds.meta, dataset, split, crop, features, reduce_dim, out_of_fold)
+    members = None
+    if out_of_fold:
+        if features:
+            raise UserError(f"an out-of-fold teacher mixes its members clip by clip, which their features "
+                            f"{list(features)} (one space per member) do not allow; drop teacher.features")
+        members = out_of_fold_members(ckpt.members or [ckpt], paths, cache_root, list(utts))
 
     existing = _open_if_complete(out_dir)
     if existing is not None:
@@ -300,7 +313,8 @@ def prepare_teacher_cache(teacher: str | os.PathLike | Sequence[str | os.PathLik
         todo = [j for j, u in enumerate(ids) if not cache_lib.is_valid(out_dir / f"{u}.npz", fingerprint)]
         if not todo and dims:
             continue  # an interrupted build left these; dims are known from an earlier batch
-        out = model({k: v.to(device) for k, v in inputs.items()}, lengths.to(device))
+        inputs, lengths = {k: v.to(device) for k, v in inputs.items()}, lengths.to(device)
+        out = model(inputs, lengths) if members is None else _mix_members(model, inputs, lengths, ids, members)
         decoded = decode_outputs(out.main, out.out_lengths, ckpt.vocab)  # greedy
         feats = {name: out.features[name].float().cpu() for name in features}  # [B, T or T', D]
         for name, x in feats.items():
@@ -327,10 +341,61 @@ def prepare_teacher_cache(teacher: str | os.PathLike | Sequence[str | os.PathLik
         "data_fingerprint": data_fp, "data": {"dataset": dataset, "split": split, "crop_size": crop,
                                               "config_hash": ds.meta.get("config_hash"), "reduce_dim": reduce_dim},
         "level": "main", "vocab_size": len(ckpt.vocab), "features": dims, "utts": utts,
+        **({"out_of_fold": members} if members is not None else {}),
     }
     atomic_write_text(out_dir / "index.json", json.dumps(index, indent=1) + "\n")
     log.info("teacher outputs of %d %s utterances written to %s (%d reused)", done, split, out_dir, len(utts) - done)
     return TeacherCache(out_dir)
+
+
+def trained_on(ckpt: Checkpoint, cache_root: str | os.PathLike) -> set[str]:
+    """Ids of the clips a checkpoint was trained or selected on: its dataset's training and dev splits."""
+    if not ckpt.dataset:
+        raise UserError(f"{ckpt.path}: the checkpoint does not name its dataset, so what it trained on is unknown")
+    dc = ckpt.raw.get("data_config") or {}
+    splits = {dc.get("train_split", "train"), dc.get("dev_split", "dev")}
+    manifest = cache_lib.dataset_dir(cache_root, ckpt.dataset) / "manifest.jsonl"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: the manifest of {ckpt.path}'s dataset is missing; "
+                                "an out-of-fold teacher needs it to know which clips each member saw")
+    return {u.id for u in read_manifest(manifest) if u.split in splits}
+
+
+def out_of_fold_members(members: Sequence[Checkpoint], paths: Sequence[Path], cache_root: str | os.PathLike,
+                        ids: Sequence[str]) -> dict[str, list[int]]:
+    """For every clip, the members (indices) that never trained on it.
+
+    An out-of-fold teacher is an ensemble of models trained on different parts of the data
+    (e.g. the folds of ``evaluate.cv --cross-fit``): on its own training clips a model says little
+    more than the labels, but on a clip it never saw it shows what it would really guess there,
+    which is what a student trained on that clip can learn from.
+
+    Raises:
+        UserError: some clip was trained on by every member.
+    """
+    seen = [trained_on(m, cache_root) for m in members]
+    chosen = {u: [i for i, s in enumerate(seen) if u not in s] for u in ids}
+    covered = [u for u, c in chosen.items() if not c]
+    if covered:
+        raise UserError(f"out-of-fold teacher: every member ({', '.join(map(str, paths))}) trained on {len(covered)} "
+                        f"of the {len(ids)} clips (e.g. {covered[0]}); train members on folds that leave each clip "
+                        "out (evaluate.cv --cross-fit), or set teacher.out_of_fold: false")
+    return chosen
+
+
+def _mix_members(model: nn.Module, inputs: Mapping[str, Tensor], lengths: Tensor, ids: Sequence[str],
+                 members: Mapping[str, Sequence[int]]):
+    """Main-level posteriors of a batch, each clip's the mean over the members listed for it."""
+    nets = list(model.members) if isinstance(model, Ensemble) else [model]
+    outs = [m(inputs, lengths) for m in nets]
+    logp = torch.stack([o.main.float().log_softmax(-1) for o in outs])  # [M, B, T', V]
+    use = torch.zeros(len(nets), len(ids), dtype=torch.bool)  # [M, B]
+    for j, u in enumerate(ids):
+        use[list(members[u]), j] = True
+    use = use.to(logp.device)
+    masked = logp.masked_fill(~use[:, :, None, None], float("-inf"))
+    mixed = torch.logsumexp(masked, dim=0) - use.sum(0).float().log()[:, None, None]  # log of the mean probability
+    return ModelOutput(logits={"main": mixed}, out_lengths=outs[0].out_lengths, features={})
 
 
 # ------------------------------------------------------------------------ time alignment

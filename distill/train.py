@@ -413,7 +413,8 @@ def _prepare_teacher(recipe: Recipe, teacher: str | Sequence[str] | None, out_di
         check_compatible(member, dc.cache, dc.dataset, ckpt_name=f"teacher {p}")
     tname = ",".join(map(str, tpath))
     check_time_reduction(tmodel, tckpt.spec, tckpt.streams, probe_student, spec, streams, tname)
-    out = _Teacher(info={"path": tname, "fingerprint": teacher_fingerprint(tckpt), "online": recipe.teacher.online})
+    out = _Teacher(info={"path": tname, "fingerprint": teacher_fingerprint(tckpt), "online": recipe.teacher.online,
+                         "out_of_fold": recipe.teacher.out_of_fold})
     warn_if_teacher_weaker(tpath, out_dir)
     if recipe.teacher.online:
         tmodel = check_online_teacher(recipe, tmodel, tckpt, spec, streams, tname)
@@ -425,7 +426,8 @@ def _prepare_teacher(recipe: Recipe, teacher: str | Sequence[str] | None, out_di
         t0 = time.time()
         out.cache = prepare_teacher_cache(tpath, dc.cache, dc.dataset, dc.train_split,
                                           out_dir / "teacher_outputs" / dc.train_split, recipe.teacher.features,
-                                          recipe.teacher.reduce_dim, rebuild=rebuild_teacher_cache)
+                                          recipe.teacher.reduce_dim, rebuild=rebuild_teacher_cache,
+                                          out_of_fold=recipe.teacher.out_of_fold)
         out.cache_s = time.time() - t0
         teacher_dims = out.cache.dims
     torch.manual_seed(recipe.train.seed + 1)  # projectors: their own seed, the student's init is untouched

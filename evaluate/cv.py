@@ -79,8 +79,9 @@ def run_teacher(config: str, view: FoldView, seed: int, out: Path, cache: str, e
 
 
 def run_student(recipe_name: str, view: FoldView, seed: int, out: Path, cache: str, epochs: int | None,
-                teacher: Sequence[Path] | None, kd: bool, device: str) -> dict[str, Any]:
-    """Distil (kd) or train the CTC-only twin on the fold; held-out WER from its results.json."""
+                teacher: Sequence[Path] | None, kd: bool, device: str, out_of_fold: bool = False) -> dict[str, Any]:
+    """Distil (kd) or train the CTC-only twin on the fold; held-out WER from its results.json.
+    ``out_of_fold``: the teacher members are cross-fitted (``teacher.out_of_fold``)."""
     from distill.recipes import load_recipe
     from distill.train import run_recipe
 
@@ -89,6 +90,8 @@ def run_student(recipe_name: str, view: FoldView, seed: int, out: Path, cache: s
     recipe = load_recipe(recipe_name, cache=cache, epochs=epochs)
     recipe = replace(recipe, data=replace(recipe.data, dataset=view.name, dev_split="dev"),
                      train=replace(recipe.train, seed=seed))
+    if out_of_fold:
+        recipe = replace(recipe, teacher=replace(recipe.teacher, out_of_fold=True))
     results = run_recipe(recipe, out, teacher=[str(p) for p in teacher] if teacher else None, kd=kd, resume=True,
                          device=device)
     return _score_dict(results["splits"]["test"])
@@ -157,7 +160,7 @@ def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None,
                    group_by: str = "none", dev_frac: float = 0.0, epochs: int | None = None,
                    models: Sequence[str] = MODELS, beam: int = 10, device: str = "cpu",
                    fold_seed: int = 0, ensemble_teacher: str | None = None, only_folds: Sequence[int] | None = None,
-                   teacher_ckpt: Sequence[str] | None = None) -> dict[str, Any]:
+                   teacher_ckpt: Sequence[str] | None = None, cross_fit: int = 0) -> dict[str, Any]:
     """Run every (fold, seed, model) not yet finished; write and return the report.
 
     ``folds=1`` runs the dataset's own splits (trained on train, best.pt on dev, scored on test)
@@ -165,7 +168,10 @@ def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None,
     from the ensemble of that fold's teachers (or CTC-only twins: ensemble self-distillation)
     over all seeds, reported as the model "ensemble". ``teacher_ckpt``: a
     fixed, already trained teacher (one checkpoint, or several: their ensemble) instead of
-    training one. ``only_folds`` runs a subset (e.g. one process per core); the report covers
+    training one. ``cross_fit`` (k >= 2): every student of a fold distils from k CTC-only twins
+    (the recipe without KD, the first seed), each trained on the fold's training part less one
+    of its own k folds, and learns every training clip from the twin that never saw it
+    (``teacher.out_of_fold``); their WER on the clips they left out is logged. ``only_folds`` runs a subset (e.g. one process per core); the report covers
     the runs finished so far.
     """
     bad = sorted(set(models) - set(MODELS))
@@ -181,6 +187,10 @@ def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None,
         raise UserError("the student and its twin need --recipe")
     if folds < 1:
         raise UserError(f"--folds must be >= 1 (1: the dataset's own splits), got {folds}")
+    if cross_fit and (cross_fit < 2 or ensemble_teacher or teacher_ckpt or "teacher" in models
+                      or "student" not in models):
+        raise UserError("--cross-fit K (K >= 2) gives the students their teacher, the fold's K cross-fitted twins: "
+                        "use it with --models student [twin], without --ensemble-teacher or --teacher-ckpt")
     if teacher_ckpt and folds > 1:
         raise UserError("--teacher-ckpt gives one teacher for every fold, which has seen the held-out folds; "
                         "use --teacher-config with --folds > 1 (or --folds 1)")
@@ -226,6 +236,9 @@ def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None,
             if run_this or finished(edir) is not None:
                 record("ensemble", -1, done_or_run(edir, lambda: _run_ensemble(members, view, edir, cache, beam)))
             teachers = {s: members for s in seeds}
+        if cross_fit:
+            teachers = {s: _cross_fit_members(recipe, view, cross_fit, group_by, fold_seed, seeds[0], base / "crossfit",
+                                              cache, epochs, device, run_this) for s in seeds}
         if "student" in models:
             for seed in seeds:
                 sdir = base / f"seed{seed}"
@@ -237,26 +250,46 @@ def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None,
                                     "(%.1f%%); distillation may make the student worse", view.fold, seed,
                                     best_teacher, twin["wer"])
                 record("student", seed, done_or_run(sdir / "student", lambda: run_student(
-                    recipe, view, seed, sdir / "student", cache, epochs, teachers.get(seed), True, device)))
+                    recipe, view, seed, sdir / "student", cache, epochs, teachers.get(seed), True, device,
+                    out_of_fold=bool(cross_fit))))
         runs += fold_runs
     summary = summarise(runs)
     unseen = sum(v.unseen_tokens for v in views)
     total = sum(v.test_tokens for v in views)
     what = "its own train/dev/test splits" if folds == 1 else f"{folds}-fold cross-validation (grouped by {group_by})"
     header = (f"## {dataset}: {what}, seeds {list(seeds)}\n\n"
-              f"teacher `{'the CTC-only twins' if ensemble_teacher == 'twin' else teacher_config or ','.join(teacher_ckpt or [])}`"
-              f"{f' (students distil from the ensemble of the fold {ensemble_teacher}s)' if ensemble_teacher else ''}, "
+              f"teacher `{'the CTC-only twins' if ensemble_teacher == 'twin' or cross_fit else teacher_config or ','.join(teacher_ckpt or [])}`"
+              f"{f' (students distil from the ensemble of the fold {ensemble_teacher}s)' if ensemble_teacher else ''}"
+              f"{f' (students distil from {cross_fit} cross-fitted twins per fold, out of fold)' if cross_fit else ''}, "
               f"recipe `{recipe}`; {unseen} of {total} held-out gloss tokens "
               f"({100.0 * unseen / max(total, 1):.1f}%) never occur in their training part.")
     report = {"dataset": dataset, "folds": folds, "group_by": group_by, "seeds": list(seeds), "dev_frac": dev_frac,
               "teacher_config": teacher_config, "teacher_ckpt": list(teacher_ckpt or []), "recipe": recipe,
-              "epochs": epochs, "ensemble_teacher": ensemble_teacher,
+              "epochs": epochs, "ensemble_teacher": ensemble_teacher, "cross_fit": cross_fit,
               "unseen_tokens": unseen, "test_tokens": total, "summary": summary,
               "runs": [asdict(r) for r in runs]}
     atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
     metric = "test WER (mean ± sd over seeds)" if folds == 1 else "CV WER (pooled over folds, mean ± sd over seeds)"
     atomic_write_text(out / "report.md", format_report(summary, header, metric))
     return report
+
+
+def _cross_fit_members(recipe: str, view: FoldView, k: int, group_by: str, fold_seed: int, seed: int, out: Path,
+                       cache: str, epochs: int | None, device: str, run: bool) -> list[Path]:
+    """The fold's k cross-fitted twins: twin j trains on the fold's training part less its inner fold j
+    (a view that keeps the fold's vocabulary, so the twins can teach the fold's student)."""
+    members, errors, n_ref = [], 0, 0
+    for j in range(k):
+        inner = make_fold_view(cache, view.name, j, k, group_by, fold_seed, split="train", parent_vocab=True)
+        mdir = out / f"member{j}"
+        r = run_student(recipe, inner, seed, mdir, cache, epochs, None, False, device) if run else finished(mdir)
+        if r is not None:
+            errors, n_ref = errors + r["errors"], n_ref + r["n_ref"]
+        members.append(_best(mdir))
+    if run and n_ref:
+        log.info("fold %d: the cross-fitted twins' WER on the training clips they left out: %.1f%%",
+                 view.fold, 100.0 * errors / n_ref)
+    return members
 
 
 def _run_ensemble(members: Sequence[Path], view: FoldView, out: Path, cache: str, beam: int) -> dict[str, Any]:
@@ -293,13 +326,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="students distil from the ensemble of their fold's teachers (or CTC-only twins) over all seeds")
     p.add_argument("--teacher-ckpt", nargs="+", help="an already trained teacher (several: their ensemble) "
                    "instead of --teacher-config; with --folds 1")
+    p.add_argument("--cross-fit", type=int, default=0, metavar="K",
+                   help="students distil from K cross-fitted CTC-only twins per fold, each clip from the twin that "
+                        "never trained on it (teacher.out_of_fold); with --models student [twin]")
     p.add_argument("--only-folds", type=int, nargs="+", help="run only these folds (e.g. one process per core)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     report = cross_validate(args.dataset, args.teacher_config, args.recipe, args.cache, args.out, args.folds,
                             args.seeds, args.group_by, args.dev_frac, args.epochs, args.models, args.beam,
                             str(resolve_device(args.device)), args.fold_seed, args.ensemble_teacher, args.only_folds,
-                            args.teacher_ckpt)
+                            args.teacher_ckpt, args.cross_fit)
     out = Path(args.out) / args.dataset
     print((out / "report.md").read_text(encoding="utf-8"), end="")
     print(f"report: {out / 'report.json'}")

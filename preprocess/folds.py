@@ -93,7 +93,7 @@ def _link(src: Path, dst: Path) -> None:
 
 
 def make_fold_view(cache_root: str | os.PathLike, dataset: str, fold: int, k: int, group_by: str = "none",
-                   seed: int = 0, dev_frac: float = 0.0, split: str = "train") -> FoldView:
+                   seed: int = 0, dev_frac: float = 0.0, split: str = "train", parent_vocab: bool = False) -> FoldView:
     """Materialise fold ``fold`` of ``k`` of ``dataset``'s ``split`` as ``<cache>/<view name>``.
 
     Idempotent: re-running rewrites nothing that is already right.
@@ -101,6 +101,9 @@ def make_fold_view(cache_root: str | os.PathLike, dataset: str, fold: int, k: in
     Args:
         dev_frac: fraction of the training part's groups held out as the view's dev split
             (best.pt is then chosen on it; 0 = no dev split, best.pt by training loss).
+        parent_vocab: keep ``dataset``'s vocabulary instead of the training part's, so models of
+            the view can teach a model of ``dataset`` (out-of-fold teachers; the view's name ends
+            in ``_pv``). Glosses the training part never shows are then never trained.
     """
     if not 0 <= fold < k:
         raise ValueError(f"fold must be in [0, {k}), got {fold}")
@@ -125,6 +128,8 @@ def make_fold_view(cache_root: str | os.PathLike, dataset: str, fold: int, k: in
     name = f"{dataset}_cv{k}{'' if group_by == 'none' else '_' + group_by}_s{seed}_f{fold}"
     if dev_frac > 0:
         name += f"_dev{int(round(dev_frac * 100))}"
+    if parent_vocab:
+        name += "_pv"
     dst = cache_lib.dataset_dir(cache_root, name)
     held_ids = {u.id for u in held}
     view: list[Utterance] = []
@@ -140,12 +145,15 @@ def make_fold_view(cache_root: str | os.PathLike, dataset: str, fold: int, k: in
             stale.unlink()
     dst.mkdir(parents=True, exist_ok=True)
     write_manifest(dst / "manifest.jsonl", view)
-    train_sents = [u.glosses for u in view if u.split == "train"]
-    Vocabulary.build(train_sents).save(dst / "vocab.json")
+    if parent_vocab:
+        vocab = Vocabulary.load(src / "vocab.json")
+    else:
+        vocab = Vocabulary.build([u.glosses for u in view if u.split == "train"])
+    vocab.save(dst / "vocab.json")
     meta = cache_lib.read_meta(cache_root, dataset)
     meta = {**meta, "dataset": name,
             "fold": {"parent": dataset, "fold": fold, "folds": k, "group_by": group_by, "seed": seed,
-                     "dev_frac": dev_frac}}
+                     "dev_frac": dev_frac, **({"parent_vocab": True} if parent_vocab else {})}}
     write_text_if_changed(dst / "meta.json", json.dumps(meta, indent=2, default=str))
     return _fold_view(name, fold, view)
 
