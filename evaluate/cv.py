@@ -237,8 +237,9 @@ def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None,
                 record("ensemble", -1, done_or_run(edir, lambda: _run_ensemble(members, view, edir, cache, beam)))
             teachers = {s: members for s in seeds}
         if cross_fit:
-            teachers = {s: _cross_fit_members(recipe, view, cross_fit, group_by, fold_seed, seeds[0], base / "crossfit",
-                                              cache, epochs, device, run_this) for s in seeds}
+            crossfit = _cross_fit_members(recipe, view, cross_fit, group_by, fold_seed, seeds[0], base / "crossfit",
+                                          cache, epochs, device, run_this)
+            teachers = {s: crossfit for s in seeds}
         if "student" in models:
             for seed in seeds:
                 sdir = base / f"seed{seed}"

@@ -14,6 +14,7 @@ A part not found on a frame has mask False and coordinates 0.
 """
 from __future__ import annotations
 
+import glob
 import os
 import re
 import sys
@@ -188,7 +189,7 @@ class HolisticExtractor:
         self._used = False
 
     def _build_graph(self):
-        from mediapipe.python.solutions import holistic
+        holistic = import_holistic()
 
         threads = self.graph_threads
 
@@ -304,6 +305,87 @@ class HolisticExtractor:
                 f"(or lower min_detection_confidence, now {self.config.min_detection_confidence})"
             )
         return keypoints, mask
+
+
+_import_lock = threading.Lock()
+
+
+def import_holistic():
+    """``mediapipe.python.solutions.holistic``, without running the ``__init__`` of ``mediapipe``
+    and of ``mediapipe.python.solutions`` first.
+
+    Those two import every solution, ``drawing_utils`` (which imports matplotlib.pyplot) and the
+    tasks API: about 0.55 s of mediapipe's 0.8 s import on 2 cores, paid at every live session's
+    start, for nothing the Holistic graph uses. So, when mediapipe is not imported yet, both
+    packages are entered as lazy package objects: their submodules import as usual
+    (``mediapipe.python`` runs its own ``__init__``, which loads the native bindings; every
+    solution but the drawing ones is imported, as their protos are registered then); a
+    submodule of ``solutions`` asked as an attribute is imported then; any other attribute runs
+    the package's real ``__init__`` (``solutions``'s first, as a normal import would), so other
+    code in the process sees the usual package.
+    """
+    import importlib
+    import importlib.util
+
+    with _import_lock:
+        if "mediapipe" not in sys.modules:
+            spec = importlib.util.find_spec("mediapipe")
+            if spec is None or not spec.submodule_search_locations:
+                raise UserError("mediapipe is not installed: pip install -e . (it pins mediapipe==0.10.21)")
+            root = list(spec.submodule_search_locations)[0]
+            solutions = _lazy_package("mediapipe.python.solutions", os.path.join(root, "python", "solutions"),
+                                      submodules=True)
+            top = _lazy_package("mediapipe", root, before=solutions)
+            try:
+                importlib.import_module("mediapipe.python").solutions = solutions
+            except BaseException:
+                for m in (top, solutions):
+                    sys.modules.pop(m.__name__, None)
+                raise
+            # the other solutions register the calculator option protos the Holistic graph's config
+            # refers to (e.g. face_mesh's landmark refinement): import them all, but the drawing ones
+            for path in sorted(glob.glob(os.path.join(root, "python", "solutions", "*.py"))):
+                mod = os.path.basename(path)[:-3]
+                if not (mod.startswith(("_", "drawing_")) or mod.endswith("_test")):
+                    importlib.import_module(f"mediapipe.python.solutions.{mod}")
+        return importlib.import_module("mediapipe.python.solutions.holistic")
+
+
+def _lazy_package(name: str, folder: str, submodules: bool = False, before: Any = None) -> Any:
+    """Enter package ``name`` (in ``folder``) in ``sys.modules`` without running its ``__init__.py``.
+
+    Its ``__getattr__`` runs that ``__init__`` once, on the first attribute it lacks (after
+    ``before``'s, itself a lazy package); with ``submodules``, a name that is one of its
+    submodules imports just that submodule instead (``from pkg import sub`` asks the package first).
+    """
+    import importlib
+    import importlib.util
+    import types
+
+    init = os.path.join(folder, "__init__.py")
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[folder])
+    module.__path__, module.__file__, module.__package__ = [folder], init, name
+
+    def run_init() -> None:
+        if module.__dict__.pop("__getattr__", None) is None:
+            return  # already run
+        if before is not None:
+            before.__run_init__()
+        with open(init, encoding="utf-8") as f:
+            exec(compile(f.read(), init, "exec"), module.__dict__)
+
+    def __getattr__(attr: str) -> Any:
+        if submodules and (os.path.isdir(os.path.join(folder, attr)) or os.path.isfile(os.path.join(folder, f"{attr}.py"))):
+            return importlib.import_module(f"{name}.{attr}")
+        if "__getattr__" not in module.__dict__:
+            raise AttributeError(f"module {name!r} has no attribute {attr!r}")
+        run_init()
+        return getattr(module, attr)
+
+    module.__getattr__, module.__run_init__ = __getattr__, run_init
+    sys.modules[name] = module
+    return module
 
 
 def _set_graph_threads(config: Any, threads: int) -> None:

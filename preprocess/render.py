@@ -28,10 +28,11 @@ CAPTION_NOW = (255, 220, 0)  # the gloss being signed
 @lru_cache(maxsize=1)
 def holistic_edges() -> tuple[tuple[np.ndarray, tuple[int, int, int]], ...]:
     """(edges int [E, 2] in the 543 layout, colour) for pose and both hands (MediaPipe's own connection lists)."""
-    from mediapipe.python.solutions.holistic import HAND_CONNECTIONS, POSE_CONNECTIONS
+    from preprocess.landmarks import import_holistic
 
-    pose = np.array(sorted(POSE_CONNECTIONS)) + POSE[0]
-    hand = np.array(sorted(HAND_CONNECTIONS))
+    holistic = import_holistic()
+    pose = np.array(sorted(holistic.POSE_CONNECTIONS)) + POSE[0]
+    hand = np.array(sorted(holistic.HAND_CONNECTIONS))
     return ((pose, POSE_COLOUR), (hand + LEFT_HAND[0], LEFT_COLOUR), (hand + RIGHT_HAND[0], RIGHT_COLOUR))
 
 

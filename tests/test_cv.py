@@ -254,3 +254,63 @@ def test_students_distil_from_the_ensemble_of_their_fold_twins(cache, tmp_path):
     with pytest.raises(UserError, match="keep twin in --models"):
         cv.cross_validate(DATASET, None, str(recipe), str(cache), tmp_path / "cv2", folds=2, seeds=(0,),
                           models=("student",), ensemble_teacher="twin")
+
+
+def test_inner_fold_view_keeps_the_parent_vocabulary(cache):
+    outer = make_fold_view(cache, DATASET, 0, 2)
+    inner = make_fold_view(cache, outer.name, 1, 2, split="train", parent_vocab=True)
+    assert inner.name.endswith("_pv") and sorted(inner.train + inner.test) == sorted(outer.train)
+    vocab = lambda name: Vocabulary.load(cache_lib.dataset_dir(cache, name) / "vocab.json").tokens  # noqa: E731
+    assert vocab(inner.name) == vocab(outer.name)
+    own = make_fold_view(cache, outer.name, 1, 2, split="train")  # without it: the inner training part's own
+    assert own.name != inner.name and set(vocab(own.name)) <= set(vocab(outer.name))
+
+
+def test_cross_fitted_students_learn_each_clip_from_the_twin_that_never_saw_it(cache, tmp_path):
+    from distill.teacher_cache import TeacherCache, prepare_teacher_cache
+    from test_distill_train import tiny_recipe
+
+    recipe = tiny_recipe("keypoints_small", tmp_path, cache)
+    report = cv.cross_validate(DATASET, None, str(recipe), str(cache), tmp_path / "cv", folds=2, seeds=(0,),
+                               models=("student",), beam=2, cross_fit=2)
+    assert report["cross_fit"] == 2 and {r["model"] for r in report["runs"]} == {"student"}
+    outer = make_fold_view(cache, DATASET, 0, 2)
+    base = tmp_path / "cv" / DATASET / outer.name
+    student = base / "seed0" / "student"
+    assert load_checkpoint(student / "best.pt").raw["teacher"]["out_of_fold"] is True
+    mixed = TeacherCache(student / "teacher_outputs" / "train")
+    for j in range(2):  # each clip is taught by the member whose view held it out ...
+        inner = make_fold_view(cache, outer.name, j, 2, split="train", parent_vocab=True)
+        assert {mixed.index["out_of_fold"][u][0] for u in inner.test} == {j}
+        assert all(len(mixed.index["out_of_fold"][u]) == 1 for u in inner.test)
+        # ... with exactly that member's posteriors (its own plain cache over the same clips)
+        alone = prepare_teacher_cache(base / "crossfit" / f"member{j}" / "best.pt", cache, outer.name, "train",
+                                      tmp_path / f"alone{j}")
+        for u in inner.test:
+            np.testing.assert_array_equal(mixed.load(u)["logits"], alone.load(u)["logits"])
+        other = next(u for u in outer.train if u not in inner.test)
+        assert not np.array_equal(mixed.load(other)["logits"], alone.load(other)["logits"])
+
+
+def test_out_of_fold_teacher_refusals(cache, tmp_path):
+    from distill.recipes import TeacherSpec
+    from distill.teacher_cache import prepare_teacher_cache
+    from test_distill_train import tiny_recipe
+
+    recipe = tiny_recipe("keypoints_small", tmp_path, cache)
+    outer = make_fold_view(cache, DATASET, 1, 2)
+    cv.run_student(str(recipe), outer, 0, tmp_path / "twin", str(cache), None, None, False, "cpu")
+    with pytest.raises(UserError, match=r"every member .*twin/best.pt.* trained on 5 of the 5 clips"):
+        prepare_teacher_cache(tmp_path / "twin" / "best.pt", cache, outer.name, "train", tmp_path / "to",
+                              out_of_fold=True)
+    with pytest.raises(UserError, match="drop teacher.features"):
+        prepare_teacher_cache(tmp_path / "twin" / "best.pt", cache, DATASET, "test", tmp_path / "to",
+                              features=["temporal"], out_of_fold=True)
+    with pytest.raises(ValueError, match="cannot run online"):
+        TeacherSpec("t", online=True, out_of_fold=True)
+    with pytest.raises(ValueError, match="drop reduce_dim"):
+        TeacherSpec("t", online=True, reduce_dim=8)
+    for bad in ({"cross_fit": 1}, {"cross_fit": 2, "ensemble_teacher": "twin"}, {"cross_fit": 2, "models": ("twin",)}):
+        with pytest.raises(UserError, match="--cross-fit K"):
+            cv.cross_validate(DATASET, None, str(recipe), str(cache), tmp_path / "cv", folds=2,
+                              **{"models": ("twin", "student"), **bad})

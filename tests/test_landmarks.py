@@ -146,3 +146,66 @@ def test_bad_frames_and_pickling():
         extractor(np.zeros((2, 8, 8, 3), np.float32), "clip7")
     with pytest.raises(ValueError, match="no frames"):
         extractor(np.zeros((0, 8, 8, 3), np.uint8), "clip7")
+
+
+LEAN_CHECK = r"""
+import json, sys
+import numpy as np
+from preprocess.landmarks import HolisticExtractor, import_holistic
+holistic = import_holistic()
+lean = {"pyplot": "matplotlib.pyplot" in sys.modules, "tasks": "mediapipe.tasks" in sys.modules}
+frame = np.full((96, 96, 3), 127, np.uint8)
+with HolisticExtractor() as ex:  # builds and runs a graph through the lean import
+    kp, mask = ex.process_frame(frame)
+import mediapipe as mp  # the usual package afterwards, attributes and submodules alike
+from mediapipe.python.solutions import drawing_styles
+print(json.dumps({**lean, "same": mp.solutions.holistic is holistic, "version": mp.__version__,
+                  "tasks_attr": mp.tasks.__name__, "image": mp.Image.__name__,
+                  "drawing": mp.solutions.drawing_utils.__name__, "styles": drawing_styles.__name__,
+                  "kp": kp.shape[0], "found": bool(mask.any())}))
+"""
+
+
+def test_holistic_imports_without_pyplot_and_mediapipe_stays_whole():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", LEAN_CHECK], cwd=root, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got == {"pyplot": False, "tasks": False, "same": True, "version": "0.10.21",
+                   "tasks_attr": "mediapipe.tasks.python", "image": "Image",
+                   "drawing": "mediapipe.python.solutions.drawing_utils",
+                   "styles": "mediapipe.python.solutions.drawing_styles", "kp": NUM_POINTS, "found": False}
+
+
+SAME_CHECK = r"""
+import hashlib, sys
+if sys.argv[1] == "normal":
+    import mediapipe  # noqa: F401  (the usual import first: import_holistic is then a plain import)
+from preprocess.landmarks import HolisticExtractor
+from preprocess.video import read_frames
+frames = read_frames(sys.argv[2], max_frames=8)[0]
+with HolisticExtractor() as ex:
+    kp, mask = ex(frames)
+print(hashlib.sha256(kp.tobytes() + mask.tobytes()).hexdigest(), int(mask.sum()))
+"""
+
+
+def test_lean_and_usual_mediapipe_imports_give_the_same_landmarks(shared_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    clip = str(shared_dir / "clips" / "wlasl_68011_book.mp4")
+    out = {}
+    for how in ("lean", "normal"):
+        run = subprocess.run([sys.executable, "-c", SAME_CHECK, how, clip], cwd=root, capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
+        out[how] = run.stdout.split()
+    assert out["lean"] == out["normal"] and int(out["lean"][1]) > 0
