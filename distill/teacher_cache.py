@@ -15,6 +15,10 @@ student's projector simply targets the reduced width. synthsign's teachers are n
 (<= 224), so the recipes store them whole. Arrays once read stay in memory (float16, up to
 1 GB by default), so only the first distillation epoch touches these files.
 
+Out of fold (``out_of_fold``): for an ensemble whose members trained on different folds of the
+data, each clip's posteriors are the mean over only the members that never trained on it (the
+index records which), so the student sees on every clip what a model guesses on unseen data.
+
 Staleness: the index and every npz carry a fingerprint of the teacher (sha256 of its model
 config, vocabulary, input spec and every weight tensor, so a checkpoint re-saved with the same
 weights is not "changed") and of the cache config (dataset, split, the cache's config_hash,
@@ -59,7 +63,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from models.base import TIME_REDUCTION, InputSpec, ModelOutput
 from models.checkpoint import Checkpoint, check_compatible
-from models.ensemble import Ensemble, checkpoint_paths, load_ensemble
+from models.ensemble import Ensemble, checkpoint_paths, load_ensemble, mean_posterior
 from models.data import AugmentConfig, BucketBatchSampler, CacheDataset, collate
 from evaluate.core.decode import decode_outputs
 from models.students import LandmarkAugment, LandmarkAugmentConfig
@@ -388,14 +392,11 @@ def _mix_members(model: nn.Module, inputs: Mapping[str, Tensor], lengths: Tensor
     """Main-level posteriors of a batch, each clip's the mean over the members listed for it."""
     nets = list(model.members) if isinstance(model, Ensemble) else [model]
     outs = [m(inputs, lengths) for m in nets]
-    logp = torch.stack([o.main.float().log_softmax(-1) for o in outs])  # [M, B, T', V]
     use = torch.zeros(len(nets), len(ids), dtype=torch.bool)  # [M, B]
     for j, u in enumerate(ids):
         use[list(members[u]), j] = True
-    use = use.to(logp.device)
-    masked = logp.masked_fill(~use[:, :, None, None], float("-inf"))
-    mixed = torch.logsumexp(masked, dim=0) - use.sum(0).float().log()[:, None, None]  # log of the mean probability
-    return ModelOutput(logits={"main": mixed}, out_lengths=outs[0].out_lengths, features={})
+    return ModelOutput(logits={"main": mean_posterior([o.main for o in outs], use)}, out_lengths=outs[0].out_lengths,
+                       features={})
 
 
 # ------------------------------------------------------------------------ time alignment

@@ -43,11 +43,21 @@ class Ensemble(nn.Module):
         logits = {}
         for level in first.logits:
             if all(level in o.logits for o in outs):
-                logp = torch.stack([o.logits[level].float().log_softmax(-1) for o in outs])  # [M, B, T', V]
-                logits[level] = torch.logsumexp(logp, dim=0) - math.log(len(outs))  # log of the mean probability
+                logits[level] = mean_posterior([o.logits[level] for o in outs])
         feats = {name: torch.cat([o.features[name].float() for o in outs], dim=-1)  # [B, T, M * D]
                  for name in first.features if all(name in o.features for o in outs)}
         return ModelOutput(logits=logits, out_lengths=first.out_lengths, features=feats)
+
+
+def mean_posterior(logits: Sequence[Tensor], use: Tensor | None = None) -> Tensor:
+    """Log of the members' mean probability, [B, T', V] from M tensors [B, T', V] (logits or
+    log-probabilities); ``use`` [M, B] bool: average each clip over its chosen members only."""
+    logp = torch.stack([x.float().log_softmax(-1) for x in logits])  # [M, B, T', V]
+    if use is None:
+        return torch.logsumexp(logp, dim=0) - math.log(len(logits))
+    use = use.to(logp.device)
+    masked = logp.masked_fill(~use[:, :, None, None], float("-inf"))
+    return torch.logsumexp(masked, dim=0) - use.sum(0).float().log()[:, None, None]
 
 
 def checkpoint_paths(ckpt: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
