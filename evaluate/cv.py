@@ -2,6 +2,8 @@
 
     python -m evaluate.cv --dataset boston104 --teacher-config configs/teachers/keypoints_small.yaml \\
         --recipe keypoints_small [--folds 5] [--seeds 0 1 2] [--group-by sentence|signer|none]
+    python -m evaluate.cv --dataset boston104 --recipe keypoints_small --models twin student \\
+        --ensemble-teacher twin | --cross-fit 5
 
 For corpora without a dev split. Each fold is a dataset view of the cache
 (``preprocess.folds``): trained on the other folds, scored on the held-out one, whose labels
