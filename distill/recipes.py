@@ -8,6 +8,7 @@ A recipe names a teacher, a student, the data, the losses and the training sched
     data: {dataset, cache, augment}                 # models.train.DataConfig (streams: from the student)
     student: {kind, ...}                            # models.students.StudentConfig (+ lrinet_width, lrinet_stem_repeats)
     landmark_augment: {...}                         # KD-MSLRT augmentations (landmark students)
+    transfer: {weight, augment: {...}}              # KD-only perturbed views (online teacher)
     kd: {posterior, temperature, blank_mode, features, feature_map}
     smkd: {weight, temperature}                     # SMKD self-mutual loss
     stages: [{name, epochs, data, lr, level_weights, distill}]  # absent: one stage of train.epochs
@@ -124,6 +125,25 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
+class TransferConfig:
+    """KD-only transfer views: a second, strongly perturbed copy of every training clip on which
+    the student matches the (online) teacher's posteriors, with no CTC loss.
+
+    On its own training clips a teacher that fits them says little more than the labels; on a
+    perturbed clip its members disagree and show how they generalise. Teacher and student see
+    the same view, so any perturbation is consistent (even a left/right swap: no label is
+    involved), while the CTC loss stays on the clip as the data section draws it.
+    """
+
+    weight: float = 1.0  # weight of the view's KL (at kd.temperature, with kd.blank_mode)
+    augment: LandmarkAugmentConfig = field(default_factory=lambda: LandmarkAugmentConfig(swap_prob=0.0))
+
+    def __post_init__(self) -> None:
+        if not self.weight > 0:
+            raise ValueError(f"transfer.weight must be > 0, got {self.weight}")
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str  # recipe name (file stem): default output exp/students/<name>
     method: str  # "smkd" | "crkd" | "signkd" | "kdmslrt"
@@ -134,6 +154,7 @@ class Recipe:
     kd: KDConfig = field(default_factory=KDConfig)
     smkd: SMKDConfig = field(default_factory=SMKDConfig)
     landmark_augment: LandmarkAugmentConfig | None = None  # KD-MSLRT landmark augmentations
+    transfer: TransferConfig | None = None  # KD-only transfer views (landmark students, online teacher)
     stages: tuple[StageConfig, ...] = ()  # empty: one "sentences" stage of train.epochs
     correction: dict[str, Any] | None = None  # CorrectionConfig overrides (+ confusions: learn the student's
     #   own substitutions on the training split): train and apply the KD-MSLRT text corrector
@@ -199,7 +220,7 @@ def load_recipe(name_or_path: str | os.PathLike, cache: str | None = None, epoch
 
 
 def _parse(raw: dict[str, Any], stem: str, cache: str | None, epochs: int | None) -> Recipe:
-    known = {"name", "method", "paper", "teacher", "data", "student", "landmark_augment", "kd", "smkd",
+    known = {"name", "method", "paper", "teacher", "data", "student", "landmark_augment", "transfer", "kd", "smkd",
              "stages", "train", "correction", "eval"}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -267,6 +288,17 @@ def _parse(raw: dict[str, Any], stem: str, cache: str | None, epochs: int | None
             raise ValueError(f"flips {on} with a teacher: the cached teacher outputs are for the unmirrored clip; "
                              "set them to 0 (see distill.teacher_cache)")
 
+    transfer = None
+    if raw.get("transfer") is not None:
+        t = dict(raw["transfer"])
+        aug = _section(LandmarkAugmentConfig, {"swap_prob": 0.0, **dict(t.pop("augment", None) or {})},
+                       "transfer.augment")
+        transfer = _section(TransferConfig, {**t, "augment": aug}, "transfer")
+        if kind != "landmark":
+            raise ValueError(f"transfer views are landmark views; they apply to landmark students, not {kind!r}")
+        if teacher is None or not teacher.online:
+            raise ValueError("transfer views need the teacher on the perturbed clip: set teacher.online: true")
+
     correction = raw.get("correction")
     if correction is not None:
         from distill.correction import CorrectionConfig
@@ -282,7 +314,8 @@ def _parse(raw: dict[str, Any], stem: str, cache: str | None, epochs: int | None
     if beam < 1:
         raise ValueError(f"eval.beam must be >= 1, got {beam}")
     return Recipe(name=str(raw.get("name", stem)), method=method, data=data_cfg, student=student, train=train,
-                  teacher=teacher, kd=kd, smkd=smkd, landmark_augment=lm, stages=stages, correction=correction,
+                  teacher=teacher, kd=kd, smkd=smkd, landmark_augment=lm, transfer=transfer, stages=stages,
+                  correction=correction,
                   eval_beam=beam, paper=dict(raw.get("paper") or {}), raw=raw)
 
 
@@ -292,4 +325,5 @@ def recipe_dict(recipe: Recipe) -> dict[str, Any]:
             "teacher": asdict(recipe.teacher) if recipe.teacher else None, "kd": asdict(recipe.kd),
             "smkd": asdict(recipe.smkd), "stages": [asdict(s) for s in recipe.stages],
             "landmark_augment": asdict(recipe.landmark_augment) if recipe.landmark_augment else None,
+            "transfer": asdict(recipe.transfer) if recipe.transfer else None,
             "train": asdict(recipe.train), "correction": recipe.correction, "eval_beam": recipe.eval_beam}

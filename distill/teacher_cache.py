@@ -478,17 +478,19 @@ class StudentDataset(Dataset):
     """
 
     def __init__(self, base: CacheDataset, teacher: TeacherCache | None = None,
-                 landmark_augment: LandmarkAugmentConfig | None = None) -> None:
+                 landmark_augment: LandmarkAugmentConfig | None = None,
+                 transfer_augment: LandmarkAugmentConfig | None = None) -> None:
         self.base, self.teacher = base, teacher
         self.lengths = base.lengths
         self.epoch = 0
-        self.lm_cfg = landmark_augment
-        self.lm_aug = None
-        if landmark_augment is not None:
-            if "keypoints" not in base.streams:
-                raise ValueError("landmark_augment needs the keypoints stream; drop it for rgb students")
-            k = int(base.config.get("num_keypoints") or 0)
-            self.lm_aug = LandmarkAugment(base.layout, k, replace(landmark_augment, time_warp_prob=0.0))
+        self.lm_cfg, self.tr_cfg = landmark_augment, transfer_augment
+        self.lm_aug = self.tr_aug = None
+        k = int(base.config.get("num_keypoints") or 0)
+        for cfg, name in ((landmark_augment, "lm_aug"), (transfer_augment, "tr_aug")):
+            if cfg is not None:
+                if "keypoints" not in base.streams:
+                    raise ValueError("landmark augmentations need the keypoints stream; drop them for rgb students")
+                setattr(self, name, LandmarkAugment(base.layout, k, replace(cfg, time_warp_prob=0.0)))
 
     def __len__(self) -> int:
         return len(self.base)
@@ -509,6 +511,12 @@ class StudentDataset(Dataset):
         if len(pos) != t:
             raise RuntimeError(f"teacher alignment: item {i} has {t} frames but the replicated rescale gives "
                                f"{len(pos)}; models.data changed its temporal rescale, update rescale_index")
+        if self.tr_aug is not None:  # its own draw, from the clip as the data section gives it
+            rng = np.random.default_rng([self.base.seed, self.epoch, i, 2])
+            kp, mask, _ = warp_landmarks(x["keypoints"].numpy().copy(), x["keypoints_mask"].numpy().copy(),
+                                         self.tr_cfg, rng)
+            kp, mask = self.tr_aug(kp, mask, rng)
+            item["transfer"] = {"keypoints": torch.from_numpy(kp), "keypoints_mask": torch.from_numpy(mask)}
         if self.lm_aug is not None and self.base.augment is not None:
             rng = np.random.default_rng([self.base.seed, self.epoch, i, 1])
             kp, mask, source = warp_landmarks(x["keypoints"].numpy(), x["keypoints_mask"].numpy(), self.lm_cfg, rng)
@@ -524,7 +532,8 @@ class StudentDataset(Dataset):
 
 
 def student_collate(batch: list[dict[str, Any]]):
-    """``models.data.collate`` plus a sixth element: padded teacher arrays (empty without a teacher).
+    """``models.data.collate`` plus a sixth element: padded teacher arrays (empty without a teacher),
+    and a seventh: the padded transfer views' inputs (empty without them).
 
     Frame-rate arrays are padded to the batch's T, step-rate ones to max(1, T // 4) steps,
     exactly the student's output length, so the losses need no resampling.
@@ -543,4 +552,5 @@ def student_collate(batch: list[dict[str, Any]]):
         teacher["out_lengths"] = (lengths // TIME_REDUCTION).clamp(min=1)
         teacher["lengths"] = lengths
         teacher["correct"] = torch.tensor([b["teacher_correct"] for b in batch])  # [B] bool
-    return inputs, lengths, targets, target_lengths, ids, teacher
+    transfer = collate([{**b, "inputs": b["transfer"]} for b in batch])[0] if "transfer" in batch[0] else {}
+    return inputs, lengths, targets, target_lengths, ids, teacher, transfer

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from distill.losses import FeatureProjector, ctc_alignment_segments, hierarchical_kd, smkd_self_distill
+from distill.losses import FeatureProjector, ctc_alignment_segments, hierarchical_kd, kd_kl, smkd_self_distill
 from distill.recipes import Recipe, StageConfig, load_recipe, recipe_dict, student_config
 from distill.teacher_cache import (StudentDataset, TeacherCache, prepare_teacher_cache, probe, student_collate,
                                    teacher_fingerprint)
@@ -189,10 +189,13 @@ def online_teacher_outputs(teacher: nn.Module, recipe: Recipe, inputs: dict[str,
 
 
 def make_extra_loss(recipe: Recipe, use_kd: bool, use_smkd: bool, projectors: nn.ModuleDict | None,
-                    segment_ce: float = 0.0, online: nn.Module | None = None
+                    segment_ce: float = 0.0, online: nn.Module | None = None,
+                    student: Callable[[], nn.Module] | None = None,
                     ) -> Callable[[ModelOutput, Sequence[Any], int], tuple[Tensor, dict[str, Tensor]]] | None:
     """The loss added to CTC: hierarchical KD from the cached (or, with ``online``, the live)
-    teacher, SMKD, and/or the segment cross-entropy (single-gloss batches only); None for CTC only."""
+    teacher, SMKD, and/or the segment cross-entropy (single-gloss batches only); None for CTC only.
+    With ``recipe.transfer``, ``online`` and ``student`` (the model being trained), also the KL of
+    the student to the teacher on the batch's transfer views (``batch[6]``)."""
     kd, sm = recipe.kd, recipe.smkd
     weights = {"posterior": kd.posterior, **kd.features} if use_kd else {}
     if not weights and not use_smkd and segment_ce <= 0:
@@ -208,16 +211,24 @@ def make_extra_loss(recipe: Recipe, use_kd: bool, use_smkd: bool, projectors: nn
                                              batch[1].to(device)))
             teacher = {"logits": cached["logits"].to(device)}
             teacher.update({name: cached[kd.teacher_feature(name)].to(device) for name in kd.features})
-            student, frames = out, batch[1].to(device)
+            student_out, frames = out, batch[1].to(device)
             if kd.only_correct:  # keep the clips the teacher gets right (rows of the batch)
                 keep = cached["correct"].to(device)
-                student = ModelOutput({k: v[keep] for k, v in out.logits.items()}, out.out_lengths[keep],
+                student_out = ModelOutput({k: v[keep] for k, v in out.logits.items()}, out.out_lengths[keep],
                                       {k: v[keep] for k, v in out.features.items()})
                 teacher, frames = {k: v[keep] for k, v in teacher.items()}, frames[keep]
             if len(frames):
-                loss, p = hierarchical_kd(student, teacher, frames, weights, projectors, kd.temperature, kd.blank_mode)
+                loss, p = hierarchical_kd(student_out, teacher, frames, weights, projectors, kd.temperature,
+                                          kd.blank_mode)
                 total = total + loss
                 parts.update({f"kd_{k}": v.detach() for k, v in p.items()})
+            if recipe.transfer is not None and online is not None and student is not None and len(batch) > 6 and batch[6]:
+                views, lengths = {k: v.to(device) for k, v in batch[6].items()}, batch[1].to(device)
+                seen = student()(views, lengths)
+                taught = online_teacher_outputs(online, recipe, views, lengths)["logits"]
+                loss = kd_kl(seen.main, taught, seen.out_lengths, kd.temperature, kd.blank_mode)
+                total = total + recipe.transfer.weight * loss
+                parts["kd_transfer"] = loss.detach()
         if use_smkd:
             loss = smkd_self_distill(out.logits["conv_main"], out.logits["main"], out.out_lengths, sm.temperature)
             total = total + sm.weight * loss
@@ -416,6 +427,9 @@ def _prepare_teacher(recipe: Recipe, teacher: str | Sequence[str] | None, out_di
     out = _Teacher(info={"path": tname, "fingerprint": teacher_fingerprint(tckpt), "online": recipe.teacher.online,
                          "out_of_fold": recipe.teacher.out_of_fold})
     warn_if_teacher_weaker(tpath, out_dir)
+    if recipe.transfer is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("transfer views run the student a second time, outside the DDP wrapper: "
+                        "train a recipe with a transfer section in one process")
     if recipe.teacher.online:
         tmodel = check_online_teacher(recipe, tmodel, tckpt, spec, streams, tname)
         teacher_dims = {n: int(f.shape[-1]) for n, f in  # probed on the CPU, before the move to the device
@@ -435,9 +449,10 @@ def _prepare_teacher(recipe: Recipe, teacher: str | Sequence[str] | None, out_di
     return out
 
 
-def _stage_data(recipe: Recipe, stage: StageConfig, teacher: TeacherCache | None, segments: dict[str, list[list[int]]] | None
-                ) -> Callable[[CacheDataset], Dataset]:
-    """How a stage wraps the training split: sentences (+ cached teacher outputs), gloss segments, or both."""
+def _stage_data(recipe: Recipe, stage: StageConfig, teacher: TeacherCache | None, segments: dict[str, list[list[int]]] | None,
+                transfer: bool = False) -> Callable[[CacheDataset], Dataset]:
+    """How a stage wraps the training split: sentences (+ cached teacher outputs, + transfer views),
+    gloss segments, or both."""
     dc, lm_aug = recipe.data, recipe.landmark_augment
     if stage.data == "segments":
         def wrap(ds: CacheDataset) -> Dataset:
@@ -449,8 +464,10 @@ def _stage_data(recipe: Recipe, stage: StageConfig, teacher: TeacherCache | None
             return MixedDataset(StudentDataset(ds, None, lm_aug),
                                 SegmentDataset(StudentDataset(clean, None, lm_aug), [u.id for u in ds.utts], segments))
     else:
+        views = recipe.transfer.augment if transfer and recipe.transfer else None
+
         def wrap(ds: CacheDataset) -> Dataset:
-            return StudentDataset(ds, teacher, lm_aug)
+            return StudentDataset(ds, teacher, lm_aug, views)
     return wrap
 
 
@@ -462,8 +479,10 @@ def _stage_hooks(recipe: Recipe, stage: StageConfig, kd: bool, use_kd: bool, use
     distill_here = stage.distill and stage.data != "segments"  # KD/SMKD on sentences (+ their segments)
     kd_here = use_kd and stage.distill and stage.data == "sentences"
 
+    built: dict[str, nn.Module] = {}  # the student as built, for the transfer views' forward pass
+
     def factory(n: int, s: InputSpec) -> nn.Module:
-        model = build_recipe_student(student_dict, n, s)
+        model = built["model"] = build_recipe_student(student_dict, n, s)
         if init is not None:
             state = load_checkpoint(init)
             model.load_state_dict(state.weights)
@@ -474,9 +493,12 @@ def _stage_hooks(recipe: Recipe, stage: StageConfig, kd: bool, use_kd: bool, use
     return TrainHooks(
         build_model=factory, model_config=student_dict,
         extra_loss=make_extra_loss(recipe, kd_here, use_smkd and distill_here, teacher.projectors,
-                                   stage.segment_ce if kd else 0.0, teacher.online if kd_here else None),
+                                   stage.segment_ce if kd else 0.0, teacher.online if kd_here else None,
+                                   student=lambda: built["model"]),
         extra_modules=teacher.projectors if kd_here else None,
-        train_data=_stage_data(recipe, stage, teacher.cache if kd_here else None, segments), collate=student_collate,
+        train_data=_stage_data(recipe, stage, teacher.cache if kd_here else None, segments,
+                               transfer=kd_here and teacher.online is not None),
+        collate=student_collate,
         checkpoint_extra={**extra, "stage": stage.name},
     )
 

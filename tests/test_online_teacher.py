@@ -73,3 +73,51 @@ def test_online_teacher_must_read_the_students_inputs(cache, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "online teacher" in err[0] and "fused.pt" in err[0] and "teacher.online: false" in err[0]
+
+
+def transfer_recipe(tmp: Path, cache: Path, **transfer) -> Path:
+    path = online_recipe(tmp, cache)
+    raw = yaml.safe_load(path.read_text())
+    raw["transfer"] = transfer or {"weight": 0.5, "augment": {"affine_prob": 1.0, "time_mask_prob": 1.0}}
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_transfer_views_are_a_second_draw_of_the_same_clip(cache, twin, tmp_path):
+    recipe = load_recipe(transfer_recipe(tmp_path, cache))
+    assert recipe.transfer.weight == 0.5 and recipe.transfer.augment.swap_prob == 0.0  # no swap unless asked
+    ds = CacheDataset(cache, DATASET, "train", ("keypoints",), augment=None)
+    data = StudentDataset(ds, None, None, recipe.transfer.augment)
+    items = [data[i] for i in range(3)]
+    for it in items:  # same frames as the clip, other values (the affine map always runs here)
+        assert it["transfer"]["keypoints"].shape == it["inputs"]["keypoints"].shape
+        assert not torch.equal(it["transfer"]["keypoints"], it["inputs"]["keypoints"])
+    again = data[0]["transfer"]["keypoints"]  # seeded by (seed, epoch, item): replayed on resume
+    torch.testing.assert_close(again, items[0]["transfer"]["keypoints"])
+    data.set_epoch(1)
+    assert not torch.equal(data[0]["transfer"]["keypoints"], again)
+    batch = student_collate(items)
+    assert set(batch[6]) == {"keypoints", "keypoints_mask"}
+    assert batch[6]["keypoints"].shape == batch[0]["keypoints"].shape
+
+
+def test_transfer_views_add_their_kl_to_the_loss(cache, twin, tmp_path):
+    out = tmp_path / "run"
+    assert dt.main(["--recipe", str(transfer_recipe(tmp_path, cache)), "--teacher", str(twin), "--out", str(out),
+                    "--device", "cpu"]) == 0
+    metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert metrics["train_levels"]["kd_transfer"] > 0 and metrics["train_levels"]["kd_posterior"] > 0
+    assert load_checkpoint(out / "best.pt").raw["recipe"]["transfer"]["weight"] == 0.5
+
+
+def test_transfer_views_need_an_online_teacher_and_a_landmark_student(cache, tmp_path):
+    path = transfer_recipe(tmp_path, cache)
+    raw = yaml.safe_load(path.read_text())
+    raw["teacher"]["online"] = False
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="teacher.online: true"):
+        load_recipe(path)
+    raw["teacher"]["online"], raw["transfer"] = True, {"weight": 0}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="transfer.weight must be > 0"):
+        load_recipe(path)

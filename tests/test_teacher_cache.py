@@ -177,7 +177,7 @@ def test_rescale_replica_and_alignment_follow_the_students_frames(tmp_path):
     assert rescaled > 5  # the check above really saw rescaled clips
 
     # collate pads frame-rate arrays to T and step-rate ones to T // 4, like the student's outputs
-    inputs, lengths, _, _, _, teacher = student_collate([data[0], data[1], data[2]])
+    inputs, lengths, _, _, _, teacher, _ = student_collate([data[0], data[1], data[2]])
     assert teacher["frame"].shape == (3, int(lengths.max()), 1)
     assert teacher["temporal"].shape == (3, int(lengths.max()) // 4, 1)
     assert teacher["out_lengths"].tolist() == (lengths // 4).clamp(min=1).tolist()
