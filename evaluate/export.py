@@ -29,7 +29,7 @@ import os
 import sys
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from models.base import TIME_REDUCTION, InputSpec
 from models.build import ExportWrapper
 from models.checkpoint import Checkpoint, model_input_names
+from models.onnx_meta import MIN_FRAMES, OnnxMetadata, ort_session, read_metadata  # noqa: F401 (re-exported)
 from preprocess.commandline import add_cache, add_out, command, prog
 
 PROJECT = "signdistill"
@@ -53,7 +54,6 @@ OUTPUT_NAMES = ("logits", "out_lengths")
 # ``auto_int8_ops`` decides per model.
 INT8_OPS = ("MatMul", "LSTM")
 INT8_ALL_OPS = ("MatMul", "LSTM", "Conv")
-MIN_FRAMES = TIME_REDUCTION  # traced graphs skip pad_min_time: callers pad shorter clips to this
 
 
 def _project_version() -> str:
@@ -200,71 +200,6 @@ def _set_metadata(path: str | os.PathLike, props: Mapping[str, str], drop_value_
         entry.key, entry.value = key, value
     proto.producer_name = PROJECT
     onnx.save(proto, str(path))
-
-
-@dataclass(frozen=True)
-class OnnxMetadata:
-    """What an exported model says about itself (``metadata_props`` parsed)."""
-
-    vocab: tuple[str, ...]  # id -> gloss, index 0 the CTC blank
-    config: dict[str, Any]  # the model config dict it was built from
-    spec: InputSpec  # cache inputs it expects
-    input_names: tuple[str, ...]  # positional model inputs (``lengths`` comes last)
-    time_reduction: int = TIME_REDUCTION  # output steps = frames // this
-    level: str = "main"  # exported logits level
-    min_frames: int = MIN_FRAMES  # shorter clips must be zero-padded to this many frames
-    preprocess: dict[str, Any] = field(default_factory=dict)  # e.g. {"rgb_resize": 128}
-    version: str = "unknown"  # project version that exported it
-
-
-def read_metadata(path: str | os.PathLike) -> OnnxMetadata:
-    """Parse an exported model's metadata; a file without it gives one line naming the fix."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such ONNX model; export one with `python -m evaluate.export`")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable ONNX model ({type(e).__name__}); re-export it") from None
-    props = {p.key: p.value for p in proto.metadata_props}
-    missing = [k for k in ("vocabulary", "model_config", "input_spec") if k not in props]
-    if missing:
-        raise ValueError(f"{path}: no {', '.join(repr(k) for k in missing)} in the ONNX metadata "
-                         "(exported by another tool?); re-export it with `python -m evaluate.export`")
-    try:
-        vocab = tuple(json.loads(props["vocabulary"]))
-        config = dict(json.loads(props["model_config"]))
-        spec = InputSpec(**json.loads(props["input_spec"]))
-        names = tuple(json.loads(props["input_names"])) if "input_names" in props else model_input_names(config)
-        preprocess = dict(json.loads(props.get("preprocess", "{}")))
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: malformed metadata ({e}); re-export it with `python -m evaluate.export`") from None
-    return OnnxMetadata(
-        vocab=vocab,
-        config=config,
-        spec=spec,
-        input_names=names,
-        time_reduction=int(props.get("time_reduction", TIME_REDUCTION)),
-        level=props.get("level", "main"),
-        min_frames=int(props.get("min_frames", MIN_FRAMES)),
-        preprocess=preprocess,
-        version=props.get("version", "unknown"),
-    )
-
-
-def ort_session(path: str | os.PathLike, threads: int = 1):
-    """CPU InferenceSession with ``threads`` intra-op threads (1: deterministic, no oversubscription)."""
-    import onnxruntime as ort
-
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def _feed(inputs: Mapping[str, Tensor], lengths: Tensor) -> dict[str, np.ndarray]:

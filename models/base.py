@@ -8,8 +8,10 @@ Input names match the cache arrays: ``rgb`` float [B, T, 3, H, W] in [0, 1] (the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from torch import Tensor
+if TYPE_CHECKING:  # annotations only: the ONNX inference path reads this module without importing torch
+    from torch import Tensor
 
 TIME_REDUCTION = 4  # every model shortens time by this factor so posteriors align
 STREAMS = ("rgb", "keypoints", "flow")  # model-facing input streams; keypoints also bring keypoints_mask

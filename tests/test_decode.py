@@ -192,3 +192,20 @@ def test_lm_cli_builds_from_transcripts(tmp_path, capsys):
     lm = NGramLM.load(tmp_path / "lm.json")
     assert lm.order == 2 and lm.score(["A"], "B") > lm.score(["A"], "C")
     assert "perplexity" in capsys.readouterr().out
+
+
+def test_numpy_and_tensor_outputs_decode_alike():
+    from evaluate.core.decode import decode_outputs, log_softmax
+
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((3, 20, 6)) * 4).astype(np.float32)
+    np.testing.assert_allclose(log_softmax(logits), torch.log_softmax(torch.from_numpy(logits), -1).numpy(),
+                               atol=1e-5)
+    tokens = ["<blank>", "A", "B", "C", "D", "E"]
+    lengths = [20, 13, 1]
+    for beam in (1, 5):
+        a = decode_outputs(logits, np.array(lengths), tokens, beam=beam)
+        b = decode_outputs(torch.from_numpy(logits), torch.tensor(lengths), tokens, beam=beam)
+        assert [h.ids for h in a] == [h.ids for h in b] and [len(h.log_probs) for h in a] == lengths
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x.log_probs, y.log_probs, atol=1e-5)

@@ -394,3 +394,37 @@ def test_live_latency_feeds_a_clip_no_faster_than_its_frame_rate(shared_dir, stu
     assert res["frames"] == 55 and 0 < res["feed_fps"] <= 30 * 1.02
     assert res["glosses"] == len(res["printed_ms"]) == len(res["shown_ms"])
     assert all(s <= p for s, p in zip(res["shown_ms"], res["printed_ms"]))  # shown no later than printed
+
+
+NO_TORCH = r"""
+import json, sys
+import numpy as np
+from evaluate import infer  # noqa: F401  (the CLI module and all it imports)
+from evaluate.live.runtime import decode, load_recognizer
+rec = load_recognizer(sys.argv[1])
+k = rec.spec.num_keypoints
+x = {"keypoints": np.random.default_rng(0).random((1, 32, k, 3), dtype=np.float32),
+     "keypoints_mask": np.ones((1, 32, k), dtype=bool)}
+logits, lengths = rec(x, np.array([32]))
+print(json.dumps({"torch": "torch" in sys.modules, "glosses": decode(logits, lengths, rec.vocab, beam=3)[0],
+                  "logits": logits[0, : int(lengths[0])].tolist()}))
+"""
+
+
+def test_onnx_inference_never_imports_torch(student_onnx):
+    """Live recognition with an ONNX model decodes on NumPy: its start-up skips PyTorch's import."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from evaluate.core.decode import decode_outputs
+
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", NO_TORCH, str(student_onnx)], cwd=root, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["torch"] is False
+    logits = torch.tensor(got["logits"])[None]  # the same logits, decoded here from a tensor
+    assert decode_outputs(logits, torch.tensor([logits.shape[1]]), VOCAB, beam=3)[0].glosses == got["glosses"]

@@ -15,11 +15,14 @@ import math
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
-import torch
-from torch import Tensor
 
 from evaluate.core.lm import EOS
+
+if TYPE_CHECKING:  # tensors are accepted, but decoding runs on NumPy: ONNX-only inference never imports torch
+    from torch import Tensor
 
 NEG_INF = float("-inf")
 
@@ -30,16 +33,36 @@ class GlossLM(Protocol):
     def score(self, prefix: Sequence, token) -> float: ...
 
 
-def _check(log_probs: Tensor, lengths: Tensor, blank: int) -> None:
-    if log_probs.dim() != 3:
-        raise ValueError(f"log_probs must be [B, T, V], got shape {tuple(log_probs.shape)}")
-    if lengths.dim() != 1 or lengths.shape[0] != log_probs.shape[0]:
-        raise ValueError(f"lengths must be [B={log_probs.shape[0]}], got shape {tuple(lengths.shape)}")
-    if not 0 <= blank < log_probs.shape[2]:
-        raise ValueError(f"blank={blank} is outside the vocabulary of size {log_probs.shape[2]}")
+def _numpy(x: Any, dtype: Any) -> np.ndarray:
+    """A tensor (any device) or array-like as a NumPy array of ``dtype``."""
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().cpu()
+        x = x.float() if np.dtype(dtype).kind == "f" else x.long()
+        return x.numpy()
+    return np.asarray(x, dtype=dtype)
 
 
-def greedy_decode(log_probs: Tensor, lengths: Tensor, blank: int = 0) -> list[list[int]]:
+def _check(log_probs: Any, lengths: Any, blank: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(log_probs float32 [B, T, V], lengths int64 [B])`` as NumPy arrays, after checking their shapes."""
+    lp, lens = _numpy(log_probs, np.float32), _numpy(lengths, np.int64)
+    if lp.ndim != 3:
+        raise ValueError(f"log_probs must be [B, T, V], got shape {tuple(lp.shape)}")
+    if lens.ndim != 1 or lens.shape[0] != lp.shape[0]:
+        raise ValueError(f"lengths must be [B={lp.shape[0]}], got shape {tuple(lens.shape)}")
+    if not 0 <= blank < lp.shape[2]:
+        raise ValueError(f"blank={blank} is outside the vocabulary of size {lp.shape[2]}")
+    return lp, lens
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """float32 log-softmax over the last axis (what ``torch.log_softmax`` computes)."""
+    x = np.asarray(x, dtype=np.float32)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def greedy_decode(log_probs: Tensor | np.ndarray, lengths: Tensor | np.ndarray | Sequence[int],
+                  blank: int = 0) -> list[list[int]]:
     """Best path: argmax per frame, merge repeats, drop blanks.
 
     Args:
@@ -50,13 +73,12 @@ def greedy_decode(log_probs: Tensor, lengths: Tensor, blank: int = 0) -> list[li
     Returns:
         B token-id lists.
     """
-    _check(log_probs, lengths, blank)
-    b, t, _ = log_probs.shape
-    best = log_probs.argmax(dim=-1)  # [B, T]
-    prev = torch.cat([torch.full((b, 1), -1, dtype=best.dtype, device=best.device), best[:, :-1]], dim=1)
-    valid = torch.arange(t, device=best.device)[None, :] < lengths.to(best.device)[:, None]  # [B, T]
+    lp, lens = _check(log_probs, lengths, blank)
+    b, t, _ = lp.shape
+    best = lp.argmax(axis=-1)  # [B, T]
+    prev = np.concatenate([np.full((b, 1), -1, dtype=best.dtype), best[:, :-1]], axis=1)
+    valid = np.arange(t)[None, :] < lens[:, None]  # [B, T]
     keep = (best != blank) & (best != prev) & valid
-    best, keep = best.cpu(), keep.cpu()
     return [best[i][keep[i]].tolist() for i in range(b)]
 
 
@@ -172,8 +194,8 @@ def prefix_beam_search(
 
 
 def beam_decode(
-    log_probs: Tensor,
-    lengths: Tensor,
+    log_probs: Tensor | np.ndarray,
+    lengths: Tensor | np.ndarray | Sequence[int],
     beam: int = 10,
     lm: GlossLM | None = None,
     lm_weight: float = 0.5,
@@ -192,9 +214,7 @@ def beam_decode(
     Returns:
         B token-id lists.
     """
-    _check(log_probs, lengths, blank)
-    lp = log_probs.detach().float().cpu().numpy()
-    lens = lengths.detach().cpu().tolist()
+    lp, lens = _check(log_probs, lengths, blank)
     out = []
     for i, n in enumerate(lens):
         n = max(0, min(int(n), lp.shape[1]))
@@ -364,12 +384,13 @@ def decode_outputs(logits: Tensor | np.ndarray, lengths: Tensor | np.ndarray | S
         tokens: the id -> gloss table (the vocabulary's tokens).
         lm, lm_weight: gloss LM for the beam search and the weight of its log-probability.
     """
-    log_probs = torch.as_tensor(logits).float().log_softmax(-1).cpu()  # [B, T', V]
-    lens = (lengths.detach().cpu().long() if isinstance(lengths, Tensor)
-            else torch.as_tensor(np.asarray(lengths), dtype=torch.long))  # [B]
-    if beam <= 1 and lm is None:
-        seqs = greedy_decode(log_probs, lens, blank=0)
+    if hasattr(logits, "detach"):  # a tensor: torch's log_softmax, on its device
+        lp = logits.detach().float().log_softmax(-1).cpu().numpy()  # [B, T', V]
     else:
-        seqs = beam_decode(log_probs, lens, beam=max(beam, 1), lm=lm, lm_weight=lm_weight, tokens=tokens)
-    lp = log_probs.numpy()
+        lp = log_softmax(logits)
+    lens = _numpy(lengths, np.int64)  # [B]
+    if beam <= 1 and lm is None:
+        seqs = greedy_decode(lp, lens, blank=0)
+    else:
+        seqs = beam_decode(lp, lens, beam=max(beam, 1), lm=lm, lm_weight=lm_weight, tokens=tokens)
     return [Hypothesis(seq, [tokens[i] for i in seq], lp[i, : int(n)]) for i, (seq, n) in enumerate(zip(seqs, lens.tolist()))]
