@@ -162,7 +162,8 @@ def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None,
                    group_by: str = "none", dev_frac: float = 0.0, epochs: int | None = None,
                    models: Sequence[str] = MODELS, beam: int = 10, device: str = "cpu",
                    fold_seed: int = 0, ensemble_teacher: str | None = None, only_folds: Sequence[int] | None = None,
-                   teacher_ckpt: Sequence[str] | None = None, cross_fit: int = 0) -> dict[str, Any]:
+                   teacher_ckpt: Sequence[str] | None = None, cross_fit: int = 0,
+                   teacher_recipe: str | None = None) -> dict[str, Any]:
     """Run every (fold, seed, model) not yet finished; write and return the report.
 
     ``folds=1`` runs the dataset's own splits (trained on train, best.pt on dev, scored on test)
@@ -170,7 +171,8 @@ def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None,
     from the ensemble of that fold's teachers (or CTC-only twins: ensemble self-distillation)
     over all seeds, reported as the model "ensemble". ``teacher_ckpt``: a
     fixed, already trained teacher (one checkpoint, or several: their ensemble) instead of
-    training one. ``cross_fit`` (k >= 2): every student of a fold distils from k CTC-only twins
+    training one. ``teacher_recipe``: the teacher is that recipe's student trained CTC-only (e.g. a
+    wider version of the student), instead of a ``teacher_config`` model. ``cross_fit`` (k >= 2): every student of a fold distils from k CTC-only twins
     (the recipe without KD, the first seed), each trained on the fold's training part less one
     of its own k folds, and learns every training clip from the twin that never saw it
     (``teacher.out_of_fold``); their WER on the clips they left out is logged. ``only_folds`` runs a subset (e.g. one process per core); the report covers
@@ -183,8 +185,10 @@ def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None,
         raise UserError(f"--ensemble-teacher must be teacher or twin, got {ensemble_teacher!r}")
     if ensemble_teacher == "twin" and "twin" not in models:
         raise UserError("--ensemble-teacher twin distils from the twins: keep twin in --models")
-    if "teacher" in models and ensemble_teacher != "twin" and not (teacher_config or teacher_ckpt):
-        raise UserError("the teacher and the distilled student need --teacher-config (or --teacher-ckpt)")
+    if sum(bool(x) for x in (teacher_config, teacher_ckpt, teacher_recipe)) > 1:
+        raise UserError("give the teacher once: --teacher-config, --teacher-recipe or --teacher-ckpt")
+    if "teacher" in models and ensemble_teacher != "twin" and not (teacher_config or teacher_ckpt or teacher_recipe):
+        raise UserError("the teacher and the distilled student need --teacher-config (or --teacher-recipe, --teacher-ckpt)")
     if ("student" in models or "twin" in models) and not recipe:
         raise UserError("the student and its twin need --recipe")
     if folds < 1:
@@ -221,8 +225,9 @@ def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None,
         elif "teacher" in models and ensemble_teacher != "twin":
             for seed in seeds:
                 tdir = base / f"seed{seed}" / "teacher"
-                record("teacher", seed, done_or_run(tdir, lambda: run_teacher(
-                    teacher_config, view, seed, tdir, cache, epochs, beam, device)))
+                record("teacher", seed, done_or_run(tdir, lambda: run_student(
+                    teacher_recipe, view, seed, tdir, cache, epochs, None, False, device) if teacher_recipe else
+                    run_teacher(teacher_config, view, seed, tdir, cache, epochs, beam, device)))
                 teachers[seed] = [_best(tdir)]
         twins: dict[int, dict[str, Any] | None] = {}
         if "twin" in models:
@@ -261,13 +266,13 @@ def cross_validate(dataset: str, teacher_config: str | None, recipe: str | None,
     total = sum(v.test_tokens for v in views)
     what = "its own train/dev/test splits" if folds == 1 else f"{folds}-fold cross-validation (grouped by {group_by})"
     header = (f"## {dataset}: {what}, seeds {list(seeds)}\n\n"
-              f"teacher `{'the CTC-only twins' if ensemble_teacher == 'twin' or cross_fit else teacher_config or ','.join(teacher_ckpt or [])}`"
+              f"teacher `{'the CTC-only twins' if ensemble_teacher == 'twin' or cross_fit else teacher_config or teacher_recipe or ','.join(teacher_ckpt or [])}`"
               f"{f' (students distil from the ensemble of the fold {ensemble_teacher}s)' if ensemble_teacher else ''}"
               f"{f' (students distil from {cross_fit} cross-fitted twins per fold, out of fold)' if cross_fit else ''}, "
               f"recipe `{recipe}`; {unseen} of {total} held-out gloss tokens "
               f"({100.0 * unseen / max(total, 1):.1f}%) never occur in their training part.")
     report = {"dataset": dataset, "folds": folds, "group_by": group_by, "seeds": list(seeds), "dev_frac": dev_frac,
-              "teacher_config": teacher_config, "teacher_ckpt": list(teacher_ckpt or []), "recipe": recipe,
+              "teacher_config": teacher_config, "teacher_recipe": teacher_recipe, "teacher_ckpt": list(teacher_ckpt or []), "recipe": recipe,
               "epochs": epochs, "ensemble_teacher": ensemble_teacher, "cross_fit": cross_fit,
               "unseen_tokens": unseen, "test_tokens": total, "summary": summary,
               "runs": [asdict(r) for r in runs]}
@@ -311,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=prog("evaluate.cv"), description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True, help="dataset under the cache root (make features DATASET=...)")
     p.add_argument("--teacher-config", help="teacher training YAML (its data.dataset is replaced by each fold)")
+    p.add_argument("--teacher-recipe", help="a recipe whose student, trained CTC-only, is the teacher "
+                   "(e.g. a wider student) instead of --teacher-config")
     p.add_argument("--recipe", help="distillation recipe name or YAML (its data.dataset is replaced by each fold)")
     add_cache(p, default="cache")
     add_out(p, "output root; runs go to <out>/<dataset>/<fold>/seed<N>/", default="exp/cv")
@@ -338,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     report = cross_validate(args.dataset, args.teacher_config, args.recipe, args.cache, args.out, args.folds,
                             args.seeds, args.group_by, args.dev_frac, args.epochs, args.models, args.beam,
                             str(resolve_device(args.device)), args.fold_seed, args.ensemble_teacher, args.only_folds,
-                            args.teacher_ckpt, args.cross_fit)
+                            args.teacher_ckpt, args.cross_fit, args.teacher_recipe)
     out = Path(args.out) / args.dataset
     print((out / "report.md").read_text(encoding="utf-8"), end="")
     print(f"report: {out / 'report.json'}")
