@@ -314,3 +314,25 @@ def test_out_of_fold_teacher_refusals(cache, tmp_path):
         with pytest.raises(UserError, match="--cross-fit K"):
             cv.cross_validate(DATASET, None, str(recipe), str(cache), tmp_path / "cv", folds=2,
                               **{"models": ("twin", "student"), **bad})
+
+
+def test_teacher_recipe_trains_another_students_ctc_run_as_the_teacher(cache, tmp_path):
+    from test_distill_train import tiny_recipe
+
+    recipe = tiny_recipe("keypoints_small", tmp_path, cache)
+    wide = tmp_path / "wide.yaml"
+    raw = yaml.safe_load(recipe.read_text())
+    raw["student"]["dim"] = 2 * raw["student"]["dim"]
+    wide.write_text(yaml.safe_dump(raw))
+    report = cv.cross_validate(DATASET, None, str(recipe), str(cache), tmp_path / "cv", folds=2, seeds=(0,),
+                               models=("teacher", "student"), beam=2, teacher_recipe=str(wide))
+    assert {r["model"] for r in report["runs"]} == {"teacher", "student"} and report["teacher_recipe"] == str(wide)
+    base = tmp_path / "cv" / DATASET / make_fold_view(cache, DATASET, 1, 2).name / "seed0"
+    teacher = load_checkpoint(base / "teacher" / "best.pt")
+    assert teacher.is_student and teacher.config["dim"] == raw["student"]["dim"]
+    assert not teacher.raw.get("distilled")  # trained CTC-only
+    student = json.loads((base / "student" / "results.json").read_text())
+    assert student["teacher"]["path"] == str(base / "teacher" / "best.pt")
+    with pytest.raises(UserError, match="give the teacher once"):
+        cv.cross_validate(DATASET, "t.yaml", str(recipe), str(cache), tmp_path / "cv2", folds=2,
+                          teacher_recipe=str(wide))
