@@ -107,6 +107,35 @@ class FeatureProjector(nn.Module):
         return self.proj(x)
 
 
+def gloss_occupancy_kl(student_logits: Tensor, teacher_logits: Tensor, lengths: Tensor, blank: int = 0) -> Tensor:
+    """KL(teacher || student) between the clips' gloss occupancies: alignment-free distillation.
+
+    A clip's occupancy is the sum over its valid frames of the non-blank posteriors, normalised
+    over the glosses: which glosses the model hears in the clip and how much, whatever the frame
+    on which each one fires. CTC models of different widths or architectures put their spikes on
+    different frames, so a frame-level KL between them also teaches timing the student cannot
+    share; this term teaches only the content. Averaged over the batch's clips.
+
+    Args:
+        student_logits: [B, T, V] (logits or log-probabilities).
+        teacher_logits: [B, T, V], detached.
+        lengths: [B] valid frames of both.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ; resample the teacher in time first")
+    valid = _valid_mask(lengths.to(student_logits.device), student_logits.shape[1])[..., None]  # [B, T, 1]
+
+    def occupancy(logits: Tensor) -> Tensor:  # [B, V-1]
+        p = logits.float().softmax(-1) * valid
+        mass = torch.cat([p[..., :blank], p[..., blank + 1:]], dim=-1).sum(1)
+        return mass / mass.sum(-1, keepdim=True).clamp(min=1e-8)
+
+    t, q = occupancy(teacher_logits.detach()), occupancy(student_logits)
+    kl = (t * (t.clamp(min=1e-8).log() - q.clamp(min=1e-8).log())).sum(-1)  # [B]
+    return kl.mean()
+
+
 def feature_mse(student: Tensor, teacher: Tensor, lengths: Tensor, proj: nn.Module | None = None) -> Tensor:
     """Mean squared error between (projected) student and teacher features over valid steps.
 
@@ -185,6 +214,7 @@ def hierarchical_kd(
 
     Levels are the keys of ``weights`` (a zero weight skips the level):
     - "posterior": ``kd_kl(student_out.logits["main"], teacher["logits"])`` at ``temperature``.
+    - "occupancy": ``gloss_occupancy_kl`` of the same posteriors (alignment-free).
     - any other name, e.g. "frame", "temporal", "context": ``feature_mse`` between
       ``student_out.features[name]`` and ``teacher[name]``, through ``projectors[name]`` when
       present (required when the widths differ).
@@ -217,7 +247,7 @@ def hierarchical_kd(
     for level, weight in weights.items():
         if weight == 0:
             continue
-        if level == "posterior":
+        if level in ("posterior", "occupancy"):
             s, t_key = main, "logits"
         else:
             if level not in student_out.features:
@@ -234,6 +264,8 @@ def hierarchical_kd(
             t = resample_time(t.float(), t_len.to(s.device).clamp(min=1), s_len, s.shape[1]).to(s.dtype)
         if level == "posterior":
             loss = kd_kl(s, t, s_len, temperature, blank_mode)
+        elif level == "occupancy":
+            loss = gloss_occupancy_kl(s, t, s_len)
         else:
             proj = projectors[level] if projectors is not None and level in projectors else None
             loss = feature_mse(s, t, s_len, proj)

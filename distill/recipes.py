@@ -62,6 +62,7 @@ class TeacherSpec:
 @dataclass(frozen=True)
 class KDConfig:
     posterior: float = 1.0  # weight of KL(teacher || student) on the main-level frame posteriors
+    occupancy: float = 0.0  # weight of the alignment-free KL of the clips' gloss occupancies (distill.losses)
     temperature: float = 1.0  # softening temperature of that KL (T^2-scaled, distill.losses.kd_kl)
     blank_mode: str = "keep"  # "keep" | "drop" | "weight": how the CTC blank enters the KL
     features: dict[str, float] = field(default_factory=dict)  # student feature -> MSE weight (projected when widths differ)
@@ -76,8 +77,9 @@ class KDConfig:
             raise ValueError(f"kd.blank_mode must be one of {BLANK_MODES}, got {self.blank_mode!r}")
         if not self.temperature > 0:
             raise ValueError(f"kd.temperature must be > 0, got {self.temperature}")
-        if self.posterior < 0 or any(w < 0 for w in self.features.values()):
-            raise ValueError(f"kd weights must be >= 0, got posterior {self.posterior}, features {self.features}")
+        if self.posterior < 0 or self.occupancy < 0 or any(w < 0 for w in self.features.values()):
+            raise ValueError(f"kd weights must be >= 0, got posterior {self.posterior}, occupancy {self.occupancy}, "
+                             f"features {self.features}")
         stray = sorted(set(self.feature_map) - set(self.features))
         if stray:
             raise ValueError(f"kd.feature_map names {stray}, which kd.features does not weigh")
@@ -87,7 +89,7 @@ class KDConfig:
 
     @property
     def active(self) -> bool:
-        return self.posterior > 0 or any(w > 0 for w in self.features.values())
+        return self.posterior > 0 or self.occupancy > 0 or any(w > 0 for w in self.features.values())
 
 
 @dataclass(frozen=True)

@@ -197,7 +197,7 @@ def make_extra_loss(recipe: Recipe, use_kd: bool, use_smkd: bool, projectors: nn
     With ``recipe.transfer``, ``online`` and ``student`` (the model being trained), also the KL of
     the student to the teacher on the batch's transfer views (``batch[6]``)."""
     kd, sm = recipe.kd, recipe.smkd
-    weights = {"posterior": kd.posterior, **kd.features} if use_kd else {}
+    weights = {"posterior": kd.posterior, "occupancy": kd.occupancy, **kd.features} if use_kd else {}
     if not weights and not use_smkd and segment_ce <= 0:
         return None
 

@@ -282,3 +282,30 @@ def test_alignment_segments_absorb_blanks_and_errors() -> None:
         ctc_viterbi(lp[:2], [1, 1])
     with pytest.raises(ValueError, match="blank"):
         ctc_viterbi(lp, [0, 1])
+
+
+def test_gloss_occupancy_kl_ignores_timing_and_sees_content():
+    from distill.losses import gloss_occupancy_kl
+
+    torch.manual_seed(0)
+    t = torch.randn(2, 12, 5) * 3
+    t[:, ::2, 0] += 6  # blank on every other step
+    lengths = torch.tensor([12, 9])
+    assert gloss_occupancy_kl(t, t, lengths).item() == pytest.approx(0.0, abs=1e-6)
+    shifted = t.clone()
+    shifted[1, :9] = t[1, :9].roll(3, dims=0)  # the same frames, fired elsewhere in the clip
+    shifted[0] = t[0].flip(0)
+    assert gloss_occupancy_kl(shifted, t, lengths).item() == pytest.approx(0.0, abs=1e-5)
+    # an independent computation: normalised sums of the non-blank probabilities, then KL
+    s = torch.randn(2, 12, 5, requires_grad=True)
+    loss = gloss_occupancy_kl(s, t, lengths)
+    expect = []
+    for b, n in enumerate(lengths.tolist()):
+        pt, ps = t[b, :n].softmax(-1)[:, 1:].sum(0), s[b, :n].softmax(-1)[:, 1:].sum(0)
+        pt, ps = pt / pt.sum(), ps / ps.sum()
+        expect.append((pt * (pt / ps).log()).sum())
+    assert loss.item() == pytest.approx(torch.stack(expect).mean().item(), rel=1e-5)
+    loss.backward()
+    assert s.grad[1, 9:].abs().sum() == 0 and s.grad[0].abs().sum() > 0  # padding gets no gradient
+    with pytest.raises(ValueError, match="resample the teacher"):
+        gloss_occupancy_kl(s[:, :6], t, lengths)
