@@ -484,13 +484,17 @@ class StudentDataset(Dataset):
         self.lengths = base.lengths
         self.epoch = 0
         self.lm_cfg, self.tr_cfg = landmark_augment, transfer_augment
-        self.lm_aug = self.tr_aug = None
-        k = int(base.config.get("num_keypoints") or 0)
-        for cfg, name in ((landmark_augment, "lm_aug"), (transfer_augment, "tr_aug")):
-            if cfg is not None:
-                if "keypoints" not in base.streams:
-                    raise ValueError("landmark augmentations need the keypoints stream; drop them for rgb students")
-                setattr(self, name, LandmarkAugment(base.layout, k, replace(cfg, time_warp_prob=0.0)))
+
+        def augment(cfg: LandmarkAugmentConfig | None) -> LandmarkAugment | None:
+            """The per-frame steps of ``cfg``; its time warp runs apart (warp_landmarks), to know its positions."""
+            if cfg is None:
+                return None
+            if "keypoints" not in base.streams:
+                raise ValueError("landmark augmentations need the keypoints stream; drop them for rgb students")
+            k = int(base.config.get("num_keypoints") or 0)
+            return LandmarkAugment(base.layout, k, replace(cfg, time_warp_prob=0.0))
+
+        self.lm_aug, self.tr_aug = augment(landmark_augment), augment(transfer_augment)
 
     def __len__(self) -> int:
         return len(self.base)

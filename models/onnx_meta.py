@@ -36,14 +36,23 @@ def read_metadata(path: str | os.PathLike) -> OnnxMetadata:
     """Parse an exported model's metadata; a file without it gives one line naming the fix."""
     import onnx
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such ONNX model; export one with `python -m evaluate.export`")
+    path = _require_file(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:
-        raise ValueError(f"{path}: not a readable ONNX model ({type(e).__name__}); re-export it") from None
+        raise _unreadable(path, e) from None
     return parse_metadata({p.key: p.value for p in proto.metadata_props}, path)
+
+
+def _require_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX model; export one with `python -m evaluate.export`")
+    return path
+
+
+def _unreadable(path: Path, e: Exception) -> ValueError:
+    return ValueError(f"{path}: not a readable ONNX model ({type(e).__name__}); re-export it")
 
 
 def parse_metadata(props: Mapping[str, str], path: str | os.PathLike) -> OnnxMetadata:
@@ -80,13 +89,25 @@ def parse_metadata(props: Mapping[str, str], path: str | os.PathLike) -> OnnxMet
 
 
 def ort_session(path: str | os.PathLike, threads: int = 1):
-    """CPU InferenceSession with ``threads`` intra-op threads (1: deterministic, no oversubscription)."""
+    """CPU InferenceSession with ``threads`` intra-op threads (1: deterministic, no oversubscription);
+    a missing or unreadable file gives one line naming it."""
     import onnxruntime as ort
 
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    path = _require_file(path)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own types for a foreign or truncated file
+        raise _unreadable(path, e) from None
+
+
+def open_model(path: str | os.PathLike, threads: int = 1) -> tuple[Any, OnnxMetadata]:
+    """An exported model's session and its metadata as the session read it: one parse of the file,
+    and no import of the onnx package (see :func:`ort_session` for the errors)."""
+    session = ort_session(path, threads)
+    return session, parse_metadata(session.get_modelmeta().custom_metadata_map, path)

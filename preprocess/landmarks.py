@@ -333,8 +333,8 @@ def import_holistic():
             if spec is None or not spec.submodule_search_locations:
                 raise UserError("mediapipe is not installed: pip install -e . (it pins mediapipe==0.10.21)")
             root = list(spec.submodule_search_locations)[0]
-            solutions = _lazy_package("mediapipe.python.solutions", os.path.join(root, "python", "solutions"),
-                                      submodules=True)
+            folder = os.path.join(root, "python", "solutions")
+            solutions = _lazy_package("mediapipe.python.solutions", folder, submodules=True)
             top = _lazy_package("mediapipe", root, before=solutions)
             try:
                 importlib.import_module("mediapipe.python").solutions = solutions
@@ -344,7 +344,7 @@ def import_holistic():
                 raise
             # the other solutions register the calculator option protos the Holistic graph's config
             # refers to (e.g. face_mesh's landmark refinement): import them all, but the drawing ones
-            for path in sorted(glob.glob(os.path.join(root, "python", "solutions", "*.py"))):
+            for path in sorted(glob.glob(os.path.join(folder, "*.py"))):
                 mod = os.path.basename(path)[:-3]
                 if not (mod.startswith(("_", "drawing_")) or mod.endswith("_test")):
                     importlib.import_module(f"mediapipe.python.solutions.{mod}")

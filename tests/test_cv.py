@@ -303,6 +303,11 @@ def test_out_of_fold_teacher_refusals(cache, tmp_path):
     with pytest.raises(UserError, match=r"every member .*twin/best.pt.* trained on 5 of the 5 clips"):
         prepare_teacher_cache(tmp_path / "twin" / "best.pt", cache, outer.name, "train", tmp_path / "to",
                               out_of_fold=True)
+    from distill.teacher_cache import out_of_fold_members
+
+    with pytest.raises(FileNotFoundError, match="manifest of .*twin/best.pt's dataset is missing"):
+        out_of_fold_members([load_checkpoint(tmp_path / "twin" / "best.pt")], [tmp_path / "twin" / "best.pt"],
+                            tmp_path / "no_cache", ["u0"])
     with pytest.raises(UserError, match="drop teacher.features"):
         prepare_teacher_cache(tmp_path / "twin" / "best.pt", cache, DATASET, "test", tmp_path / "to",
                               features=["temporal"], out_of_fold=True)

@@ -428,3 +428,16 @@ def test_onnx_inference_never_imports_torch(student_onnx):
     assert got["torch"] is False
     logits = torch.tensor(got["logits"])[None]  # the same logits, decoded here from a tensor
     assert decode_outputs(logits, torch.tensor([logits.shape[1]]), VOCAB, beam=3)[0].glosses == got["glosses"]
+
+
+def test_onnx_recognizer_bad_files_are_one_line_each(student_onnx, tmp_path):
+    from evaluate.live.runtime import load_recognizer
+
+    with pytest.raises(FileNotFoundError, match="gone.onnx: no such ONNX model"):
+        load_recognizer(tmp_path / "gone.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="junk.onnx: not a readable ONNX model"):
+        load_recognizer(junk)
+    with pytest.raises(ValueError, match="threads must be >= 1"):  # not mistaken for an unreadable file
+        load_recognizer(student_onnx, threads=0)

@@ -121,3 +121,17 @@ def test_transfer_views_need_an_online_teacher_and_a_landmark_student(cache, tmp
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match="transfer.weight must be > 0"):
         load_recipe(path)
+
+
+def test_transfer_views_refuse_other_students_and_torchrun(cache, twin, tmp_path, monkeypatch, capsys):
+    rgb = tiny_recipe("signkd_rgb", tmp_path, cache)
+    raw = yaml.safe_load(rgb.read_text())
+    raw["teacher"]["online"], raw["transfer"] = True, {"weight": 1.0}
+    rgb.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="landmark students, not 'rgb'"):
+        load_recipe(rgb)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = dt.main(["--recipe", str(transfer_recipe(tmp_path, cache)), "--teacher", str(twin),
+                    "--out", str(tmp_path / "run"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "outside the DDP wrapper" in err[0]

@@ -47,16 +47,9 @@ class OnnxRecognizer:
     """An exported model run by onnxruntime on the CPU; everything else comes from its metadata."""
 
     def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
-        from models.onnx_meta import ort_session, parse_metadata
+        from models.onnx_meta import open_model
 
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no such ONNX model; export one with `python -m evaluate.export`")
-        try:
-            self.session = ort_session(path, threads)
-        except Exception as e:  # onnxruntime raises its own types for a foreign or truncated file
-            raise ValueError(f"{path}: not a readable ONNX model ({type(e).__name__}); re-export it") from None
-        # the metadata as the session read it (no second parse of the file, and no onnx import)
-        meta = parse_metadata(self.session.get_modelmeta().custom_metadata_map, path)
+        self.session, meta = open_model(path, threads)
         self.name = str(path)
         self.vocab, self.spec, self.input_names = meta.vocab, meta.spec, meta.input_names
         self.preprocess, self.min_frames = meta.preprocess, meta.min_frames
