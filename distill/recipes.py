@@ -8,7 +8,7 @@ A recipe names a teacher, a student, the data, the losses and the training sched
     data: {dataset, cache, augment}                 # models.train.DataConfig (streams: from the student)
     student: {kind, ...}                            # models.students.StudentConfig (+ lrinet_width, lrinet_stem_repeats)
     landmark_augment: {...}                         # KD-MSLRT augmentations (landmark students)
-    transfer: {weight, augment: {...}}              # KD-only perturbed views (online teacher)
+    transfer: {weight, augment: {...}, splice}      # KD-only perturbed views (online teacher)
     kd: {posterior, temperature, blank_mode, features, feature_map}
     smkd: {weight, temperature}                     # SMKD self-mutual loss
     stages: [{name, epochs, data, lr, level_weights, distill}]  # absent: one stage of train.epochs
@@ -134,15 +134,20 @@ class TransferConfig:
     On its own training clips a teacher that fits them says little more than the labels; on a
     perturbed clip its members disagree and show how they generalise. Teacher and student see
     the same view, so any perturbation is consistent (even a left/right swap: no label is
-    involved), while the CTC loss stays on the clip as the data section draws it.
+    involved), while the CTC loss stays on the clip as the data section draws it. A spliced view
+    joins two clips at a random frame: no label exists for it, so only a teacher can teach it.
     """
 
     weight: float = 1.0  # weight of the view's KL (at kd.temperature, with kd.blank_mode)
     augment: LandmarkAugmentConfig = field(default_factory=lambda: LandmarkAugmentConfig(swap_prob=0.0))
+    splice: float = 0.0  # probability that a view is spliced: the clip up to a random cut, then another
+    # training clip from a random frame (models.augment.LandmarkAugment.splice), before the augment
 
     def __post_init__(self) -> None:
         if not self.weight > 0:
             raise ValueError(f"transfer.weight must be > 0, got {self.weight}")
+        if not 0.0 <= self.splice <= 1.0:
+            raise ValueError(f"transfer.splice must be in [0, 1], got {self.splice}")
 
 
 @dataclass(frozen=True)

@@ -479,11 +479,11 @@ class StudentDataset(Dataset):
 
     def __init__(self, base: CacheDataset, teacher: TeacherCache | None = None,
                  landmark_augment: LandmarkAugmentConfig | None = None,
-                 transfer_augment: LandmarkAugmentConfig | None = None) -> None:
+                 transfer_augment: LandmarkAugmentConfig | None = None, transfer_splice: float = 0.0) -> None:
         self.base, self.teacher = base, teacher
         self.lengths = base.lengths
         self.epoch = 0
-        self.lm_cfg, self.tr_cfg = landmark_augment, transfer_augment
+        self.lm_cfg, self.tr_cfg, self.tr_splice = landmark_augment, transfer_augment, transfer_splice
 
         def augment(cfg: LandmarkAugmentConfig | None) -> LandmarkAugment | None:
             """The per-frame steps of ``cfg``; its time warp runs apart (warp_landmarks), to know its positions."""
@@ -517,8 +517,14 @@ class StudentDataset(Dataset):
                                f"{len(pos)}; models.data changed its temporal rescale, update rescale_index")
         if self.tr_aug is not None:  # its own draw, from the clip as the data section gives it
             rng = np.random.default_rng([self.base.seed, self.epoch, i, 2])
-            kp, mask, _ = warp_landmarks(x["keypoints"].numpy().copy(), x["keypoints_mask"].numpy().copy(),
-                                         self.tr_cfg, rng)
+            kp, mask = x["keypoints"].numpy().copy(), x["keypoints_mask"].numpy().copy()
+            if self.tr_splice > 0 and len(self) > 1 and t > 1 and rng.random() < self.tr_splice:
+                other = self.base[int(i + 1 + rng.integers(len(self) - 1)) % len(self)]["inputs"]  # any other clip
+                cut = int(rng.integers(t // 4, 3 * t // 4 + 1))
+                start = int(rng.integers(0, max(1, len(other["keypoints"]) - (t - cut) + 1)))
+                kp, mask = LandmarkAugment.splice(kp, mask, other["keypoints"].numpy(),
+                                                  other["keypoints_mask"].numpy(), cut, start)
+            kp, mask, _ = warp_landmarks(kp, mask, self.tr_cfg, rng)
             kp, mask = self.tr_aug(kp, mask, rng)
             item["transfer"] = {"keypoints": torch.from_numpy(kp), "keypoints_mask": torch.from_numpy(mask)}
         if self.lm_aug is not None and self.base.augment is not None:

@@ -114,6 +114,21 @@ class LandmarkAugment:
         return out.astype(kp.dtype), mask[near].copy()
 
     @staticmethod
+    def splice(kp: np.ndarray, mask: np.ndarray, other_kp: np.ndarray, other_mask: np.ndarray, cut: int,
+               start: int) -> tuple[np.ndarray, np.ndarray]:
+        """Frames [0, cut) of this clip, then ``other``'s frames from ``start`` on, to the same T.
+
+        A sequence-level mixup: the glosses after the cut follow ones they never follow in the
+        corpus. An ``other`` too short to fill the rest is read cyclically.
+        """
+        t, n = kp.shape[0], kp.shape[0] - cut
+        if not 0 <= cut <= t or len(other_kp) < 1:
+            raise ValueError(f"splice: cut {cut} outside [0, {t}] or an empty other clip")
+        idx = (start + np.arange(n)) % len(other_kp)  # [n] frames of other
+        return (np.concatenate([kp[:cut], other_kp[idx].astype(kp.dtype)]),
+                np.concatenate([mask[:cut], other_mask[idx]]))
+
+    @staticmethod
     def drop_points(kp: np.ndarray, mask: np.ndarray, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mask the points where ``drop`` [T, K] is True (coordinates 0)."""
         out = np.where(drop[..., None], 0.0, kp).astype(kp.dtype)

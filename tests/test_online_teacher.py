@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -13,6 +14,7 @@ from distill import train as dt
 from distill.recipes import load_recipe
 from distill.teacher_cache import StudentDataset, prepare_teacher_cache, student_collate
 from models.checkpoint import load_checkpoint, load_model
+from models.augment import LandmarkAugment
 from models.data import CacheDataset
 from test_data import DATASET, make_tiny_cache
 from test_distill_train import tiny_recipe
@@ -99,6 +101,48 @@ def test_transfer_views_are_a_second_draw_of_the_same_clip(cache, twin, tmp_path
     batch = student_collate(items)
     assert set(batch[6]) == {"keypoints", "keypoints_mask"}
     assert batch[6]["keypoints"].shape == batch[0]["keypoints"].shape
+
+
+NO_AUGMENT = {k: 0.0 for k in ("affine_prob", "time_warp_prob", "time_mask_prob", "point_drop")}
+
+
+def test_spliced_views_join_the_clip_to_another_training_clip(cache, tmp_path):
+    recipe = load_recipe(transfer_recipe(tmp_path, cache, weight=1.0, splice=1.0, augment=NO_AUGMENT))
+    assert recipe.transfer.splice == 1.0
+    ds = CacheDataset(cache, DATASET, "train", ("keypoints",), augment=None)
+    clips = [ds[j]["inputs"]["keypoints"].numpy() for j in range(len(ds))]
+    data = StudentDataset(ds, None, None, recipe.transfer.augment, recipe.transfer.splice)
+    for i in range(len(ds)):
+        own, view = clips[i], data[i]["transfer"]["keypoints"].numpy()
+        t = len(own)
+        assert view.shape == own.shape
+        cut = int(np.argmin((view == own).all(axis=(1, 2)))) if not (view == own).all() else t
+        assert t // 4 <= cut <= 3 * t // 4 and (view[:cut] == own[:cut]).all()
+        rest = view[cut:]  # a run of consecutive (cyclic) frames of one other clip
+        donors = [j for j in range(len(ds)) if j != i and any(
+            all((rest[k] == clips[j][(s + k) % len(clips[j])]).all() for k in range(len(rest)))
+            for s in range(len(clips[j])))]
+        assert donors, f"clip {i}: the view's frames after the cut are no other clip's"
+    again = StudentDataset(ds, None, None, recipe.transfer.augment, recipe.transfer.splice)[2]["transfer"]
+    assert torch.equal(again["keypoints"], data[2]["transfer"]["keypoints"])  # seeded: replayed on resume
+    plain = StudentDataset(ds, None, None, recipe.transfer.augment)[2]["transfer"]["keypoints"]
+    assert torch.equal(plain, ds[2]["inputs"]["keypoints"])  # splice 0, no augment: the clip itself
+
+
+def test_splice_reads_a_short_clip_cyclically_and_refuses_a_bad_cut():
+    kp = np.arange(8 * 2 * 3, dtype=np.float32).reshape(8, 2, 3)
+    other = -np.arange(3 * 2 * 3, dtype=np.float32).reshape(3, 2, 3) - 1
+    out, mask = LandmarkAugment.splice(kp, np.ones((8, 2), bool), other, np.zeros((3, 2), bool), cut=3, start=1)
+    assert out.shape == kp.shape and (out[:3] == kp[:3]).all()
+    assert [int(out[k, 0, 0]) for k in range(3, 8)] == [int(other[j, 0, 0]) for j in (1, 2, 0, 1, 2)]
+    assert mask[:3].all() and not mask[3:].any()
+    with pytest.raises(ValueError, match="cut 9 outside"):
+        LandmarkAugment.splice(kp, np.ones((8, 2), bool), other, np.zeros((3, 2), bool), cut=9, start=0)
+
+
+def test_transfer_splice_must_be_a_probability(cache, tmp_path):
+    with pytest.raises(ValueError, match=r"transfer.splice must be in \[0, 1\]"):
+        load_recipe(transfer_recipe(tmp_path, cache, weight=1.0, splice=1.5))
 
 
 def test_transfer_views_add_their_kl_to_the_loss(cache, twin, tmp_path):
