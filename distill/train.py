@@ -49,7 +49,7 @@ from models.checkpoint import Checkpoint, check_compatible, load_checkpoint, loa
 from models.data import BucketBatchSampler, CacheDataset, collate, input_spec
 from models.decoding import decode_dataset
 from models.students import build_student
-from models.train import RunConfig, TrainHooks, TrainingStopped, load_config, read_metrics, train
+from models.train import RunConfig, TrainHooks, TrainingStopped, load_config, read_metrics, train, world_size
 from preprocess import cache as cache_lib
 from preprocess.commandline import add_cache, add_device, add_out, command, prog
 from preprocess.configs import UserError
@@ -427,7 +427,7 @@ def _prepare_teacher(recipe: Recipe, teacher: str | Sequence[str] | None, out_di
     out = _Teacher(info={"path": tname, "fingerprint": teacher_fingerprint(tckpt), "online": recipe.teacher.online,
                          "out_of_fold": recipe.teacher.out_of_fold})
     warn_if_teacher_weaker(tpath, out_dir)
-    if recipe.transfer is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if recipe.transfer is not None and world_size() > 1:
         raise UserError("transfer views run the student a second time, outside the DDP wrapper: "
                         "train a recipe with a transfer section in one process")
     if recipe.teacher.online:

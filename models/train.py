@@ -430,10 +430,15 @@ class Dist:
         return self.rank == 0
 
 
+def world_size() -> int:
+    """Processes of this training: torchrun's WORLD_SIZE, 1 outside torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup_distributed(device: str) -> Dist:
     """Pick the device and, under torchrun (RANK/WORLD_SIZE set), join the process group."""
     use_cuda = resolve_device(device).type == "cuda"
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world <= 1:
         return Dist(0, 1, torch.device("cuda" if use_cuda else "cpu"))
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
