@@ -49,7 +49,8 @@ from models.checkpoint import Checkpoint, check_compatible, load_checkpoint, loa
 from models.data import BucketBatchSampler, CacheDataset, collate, input_spec
 from models.decoding import decode_dataset
 from models.students import build_student
-from models.train import RunConfig, TrainHooks, TrainingStopped, load_config, read_metrics, train, world_size
+from models.runtime import world_size
+from models.train import RunConfig, TrainHooks, TrainingStopped, load_config, read_metrics, train
 from preprocess import cache as cache_lib
 from preprocess.commandline import add_cache, add_device, add_out, command, prog
 from preprocess.configs import UserError

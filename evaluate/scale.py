@@ -270,7 +270,7 @@ def run(cfg: ScaleConfig, num_frames_csv: str | os.PathLike, device: str = "auto
 
     from evaluate.speed import time_training
     from models.data import AugmentConfig, CacheDataset
-    from models.train import BatchTooLarge
+    from models.runtime import BatchTooLarge
     from preprocess.device import resolve_device
 
     dev = resolve_device(device)

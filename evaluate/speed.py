@@ -210,7 +210,7 @@ def time_training(model: Any, batches: Iterable[Sequence[Any]], tc: Any, device:
     (bfloat16/float16 on CUDA with ``tc.amp``, float32 on CPU), the CTC loss in float32, the
     GradScaler when float16, gradient clipping and the optimizer (``make_optimizer(tc)``);
     channels-last convolutions on CUDA and, with ``compile``, ``torch.compile``. A batch that
-    does not fit in GPU memory raises ``models.train.BatchTooLarge`` (one line). ``batches`` may be
+    does not fit in GPU memory raises ``models.runtime.BatchTooLarge`` (one line). ``batches`` may be
     a lazy generator: loading then counts in the time (as training in one process does).
 
     Returns:
@@ -222,8 +222,8 @@ def time_training(model: Any, batches: Iterable[Sequence[Any]], tc: Any, device:
     import torch
 
     from models.data import to_device
-    from models.train import (autocast_dtype, channels_last, ctc_loss_levels, make_optimizer, make_scaler,
-                              maybe_compile, oom_guard)
+    from models.runtime import autocast_dtype, channels_last, make_scaler, maybe_compile, oom_guard
+    from models.train import ctc_loss_levels, make_optimizer
 
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from evaluate import scale
+from models import runtime
 from models import train as train_mod
 from models.base import ModelOutput
 from models.checkpoint import load_checkpoint
@@ -143,18 +144,18 @@ def test_ctc_loss_is_float32_under_autocast():
 
 
 def test_autocast_dtype_and_scaler_on_cpu():
-    assert train_mod.autocast_dtype(torch.device("cpu"), True) is None
-    assert not train_mod.make_scaler(None).is_enabled()
-    assert not train_mod.make_scaler(torch.bfloat16).is_enabled()  # bf16 needs no loss scaling
+    assert runtime.autocast_dtype(torch.device("cpu"), True) is None
+    assert not runtime.make_scaler(None).is_enabled()
+    assert not runtime.make_scaler(torch.bfloat16).is_enabled()  # bf16 needs no loss scaling
     m = torch.nn.Conv2d(3, 4, 3)
-    train_mod.channels_last(m, torch.device("cpu"))
+    runtime.channels_last(m, torch.device("cpu"))
     assert m.weight.is_contiguous()  # CPU: layout untouched
 
 
 def test_out_of_memory_becomes_one_line_with_the_batch():
     tc = train_mod.TrainConfig(batch_size=4, frame_budget=800)
-    with pytest.raises(train_mod.BatchTooLarge) as e:
-        with train_mod.oom_guard(torch.tensor([180, 200, 150]), tc):
+    with pytest.raises(runtime.BatchTooLarge) as e:
+        with runtime.oom_guard(torch.tensor([180, 200, 150]), tc):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     msg = str(e.value)
     assert "\n" not in msg and "3 clip(s) x 200 frames" in msg and "lower the frame budget" in msg
@@ -169,14 +170,14 @@ def test_compile_falls_back_to_eager_with_a_warning(monkeypatch, caplog):
 
     monkeypatch.setattr(torch, "compile", broken)
     lin = torch.nn.Linear(3, 2)
-    net = train_mod.maybe_compile(lin, True)
+    net = runtime.maybe_compile(lin, True)
     x = torch.randn(4, 3)
     with caplog.at_level(logging.WARNING, logger="models.train"):
         assert torch.equal(net(x), lin(x)) and torch.equal(net(x), lin(x))
     assert sum("torch.compile failed" in r.message for r in caplog.records) == 1  # warned once
     monkeypatch.setattr(torch, "compile", lambda m: (_ for _ in ()).throw(RuntimeError("unsupported")))
-    assert train_mod.maybe_compile(lin, True) is lin
-    assert train_mod.maybe_compile(lin, False) is lin
+    assert runtime.maybe_compile(lin, True) is lin
+    assert runtime.maybe_compile(lin, False) is lin
 
 
 def _as_saved_on_gpu(src: Path, dst: Path) -> None:
