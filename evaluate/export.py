@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from models.base import TIME_REDUCTION, InputSpec
 from models.build import ExportWrapper
 from models.checkpoint import Checkpoint, model_input_names
-from models.onnx_meta import MIN_FRAMES, OnnxMetadata, ort_session, read_metadata  # noqa: F401 (re-exported)
+from models.onnx_meta import MIN_FRAMES, ort_session
 from preprocess.commandline import add_cache, add_out, command, prog
 
 PROJECT = "signdistill"

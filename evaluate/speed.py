@@ -86,7 +86,8 @@ def measure(model_or_session: Any, spec: InputSpec, frames: int = 200, threads: 
     """
     import torch
 
-    from evaluate.export import example_inputs, ort_session
+    from evaluate.export import example_inputs
+    from models.onnx_meta import ort_session
 
     if frames < 1 or repeats < 1 or warmup < 0 or threads < 1:
         raise ValueError(f"need frames >= 1, repeats >= 1, warmup >= 0, threads >= 1; got "
@@ -351,7 +352,7 @@ def benchmark_checkpoint(ckpt: str | os.PathLike, onnx: str | os.PathLike | None
 def benchmark_onnx(onnx: str | os.PathLike, frames: int = 200, threads: int = 1, repeats: int = 20,
                    warmup: int = 3) -> dict[str, Any]:
     """A table row for an exported model alone (sizes and onnxruntime time)."""
-    from evaluate.export import read_metadata
+    from models.onnx_meta import read_metadata
 
     meta = read_metadata(onnx)
     r = measure(onnx, meta.spec, frames=frames, threads=threads, repeats=repeats, warmup=warmup)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from evaluate import export as E
+from models.onnx_meta import ort_session, read_metadata
 from evaluate.core.decode import greedy_decode
 from models.base import InputSpec
 from models.build import ModelConfig, build_model
@@ -41,11 +42,11 @@ def exported(request, tmp_path_factory):
 def test_names_checker_and_metadata_round_trip(exported):
     kind, model, cfg, path = exported
     onnx.checker.check_model(str(path))
-    sess = E.ort_session(path)
+    sess = ort_session(path)
     assert [i.name for i in sess.get_inputs()] == ["keypoints", "keypoints_mask", "lengths"]
     assert [o.name for o in sess.get_outputs()] == ["logits", "out_lengths"]
     assert sess.get_inputs()[0].shape[:2] == ["batch", "time"]  # dynamic axes kept their names
-    meta = E.read_metadata(path)
+    meta = read_metadata(path)
     assert meta.vocab == tuple(VOCAB)
     assert meta.config == json.loads(json.dumps(cfg))
     assert meta.spec == SPEC
@@ -147,7 +148,7 @@ def test_int8_smaller_and_decodes_the_same_on_a_peaked_case(tmp_path):
         saved = weight_bytes(fp32) - weight_bytes(path)
         assert n_int8 > 0 and abs(saved - 3 * n_int8) < 0.05 * 3 * n_int8, (path.name, saved, n_int8)
     assert smallest.stat().st_size < q.stat().st_size < fp32.stat().st_size
-    assert E.read_metadata(q).vocab == tuple(VOCAB)  # metadata survives quantisation
+    assert read_metadata(q).vocab == tuple(VOCAB)  # metadata survives quantisation
     with torch.no_grad():
         out = model(inputs, lengths)
     assert greedy_decode(out.main, out.out_lengths) == targets  # the fp32 case really is peaked
@@ -170,7 +171,7 @@ def test_export_cli_from_student_checkpoint(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "onnx.checker ok" in text and "quantised ops" in text and "greedy sequence agreement" in text
     assert out.is_file() and (tmp_path / "exp" / "model.int8.onnx").is_file()
-    meta = E.read_metadata(out)
+    meta = read_metadata(out)
     assert meta.preprocess == {"landmark_source": "synthetic"}
     assert StudentConfig.from_dict(meta.config) == STUDENT
 
@@ -198,11 +199,11 @@ def test_metadata_missing_is_one_clear_line(tmp_path, exported):
     onnx.save(proto, str(bare))
     with pytest.raises(ValueError, match=r"bare\.onnx: no 'vocabulary', 'model_config', 'input_spec' in the ONNX "
                                          r"metadata .* re-export"):
-        E.read_metadata(bare)
+        read_metadata(bare)
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="junk.onnx: not a readable ONNX model"):
-        E.read_metadata(junk)
+        read_metadata(junk)
 
 
 def test_narrow_lrinet_exports_with_its_antialiased_resize(tmp_path):

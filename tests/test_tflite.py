@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from evaluate import export as E
+from models.onnx_meta import ort_session
 from models.checkpoint import save_checkpoint
 from models.data import CacheDataset
 from models.students import StudentConfig, build_student
@@ -66,7 +67,7 @@ def test_tflite_float_and_int8_match_onnx(tflite_python, tmp_path, capsys):
     proc = subprocess.run([str(tflite_python), "-c", code], capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    ref, ref_len = E.ort_session(out).run(["logits", "out_lengths"], feed)
+    ref, ref_len = ort_session(out).run(["logits", "out_lengths"], feed)
     got = np.load(tmp_path / "y.npy")
     n = int(ref_len[0])
     assert n == 12 and np.abs(got[0, :n] - ref[0, :n]).max() < 1e-4
