@@ -266,11 +266,22 @@ def test_inner_fold_view_keeps_the_parent_vocabulary(cache):
     assert own.name != inner.name and set(vocab(own.name)) <= set(vocab(outer.name))
 
 
-def test_cross_fitted_students_learn_each_clip_from_the_twin_that_never_saw_it(cache, tmp_path):
-    from distill.teacher_cache import TeacherCache, prepare_teacher_cache
+def cached_recipe(tmp: Path, cache: Path) -> Path:
+    """The small-corpus recipe with a cached teacher and no transfer views (what these options need)."""
     from test_distill_train import tiny_recipe
 
-    recipe = tiny_recipe("keypoints_small", tmp_path, cache)
+    path = tiny_recipe("keypoints_small", tmp, cache)
+    raw = yaml.safe_load(path.read_text())
+    raw["teacher"]["online"] = False
+    raw.pop("transfer", None)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_cross_fitted_students_learn_each_clip_from_the_twin_that_never_saw_it(cache, tmp_path):
+    from distill.teacher_cache import TeacherCache, prepare_teacher_cache
+
+    recipe = cached_recipe(tmp_path, cache)
     report = cv.cross_validate(DATASET, None, str(recipe), str(cache), tmp_path / "cv", folds=2, seeds=(0,),
                                models=("student",), beam=2, cross_fit=2)
     assert report["cross_fit"] == 2 and {r["model"] for r in report["runs"]} == {"student"}
@@ -295,9 +306,8 @@ def test_cross_fitted_students_learn_each_clip_from_the_twin_that_never_saw_it(c
 def test_out_of_fold_teacher_refusals(cache, tmp_path):
     from distill.recipes import TeacherSpec
     from distill.teacher_cache import prepare_teacher_cache
-    from test_distill_train import tiny_recipe
 
-    recipe = tiny_recipe("keypoints_small", tmp_path, cache)
+    recipe = cached_recipe(tmp_path, cache)
     outer = make_fold_view(cache, DATASET, 1, 2)
     cv.run_student(str(recipe), outer, 0, tmp_path / "twin", str(cache), None, None, False, "cpu")
     with pytest.raises(UserError, match=r"every member .*twin/best.pt.* trained on 5 of the 5 clips"):
@@ -322,9 +332,7 @@ def test_out_of_fold_teacher_refusals(cache, tmp_path):
 
 
 def test_teacher_recipe_trains_another_students_ctc_run_as_the_teacher(cache, tmp_path):
-    from test_distill_train import tiny_recipe
-
-    recipe = tiny_recipe("keypoints_small", tmp_path, cache)
+    recipe = cached_recipe(tmp_path, cache)
     wide = tmp_path / "wide.yaml"
     raw = yaml.safe_load(recipe.read_text())
     raw["student"]["dim"] = 2 * raw["student"]["dim"]
