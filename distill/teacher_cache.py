@@ -61,6 +61,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from distill.recipes import TransferConfig
 from models.base import TIME_REDUCTION, InputSpec, ModelOutput
 from models.checkpoint import Checkpoint, check_compatible
 from models.ensemble import Ensemble, checkpoint_paths, load_ensemble, mean_posterior
@@ -475,15 +476,18 @@ class StudentDataset(Dataset):
     landmark augmentation draws from a generator seeded by ``(seed, epoch, index, 1)``, so
     resumed runs replay it. The time warp runs first (it commutes with the per-frame affine
     map), so its source positions are known; the other steps come from ``LandmarkAugment``.
+    With ``transfer``, items also gain ``"transfer"``: the KD-only view (spliced, then augmented).
     """
 
     def __init__(self, base: CacheDataset, teacher: TeacherCache | None = None,
                  landmark_augment: LandmarkAugmentConfig | None = None,
-                 transfer_augment: LandmarkAugmentConfig | None = None, transfer_splice: float = 0.0) -> None:
+                 transfer: TransferConfig | None = None) -> None:
         self.base, self.teacher = base, teacher
         self.lengths = base.lengths
         self.epoch = 0
-        self.lm_cfg, self.tr_cfg, self.tr_splice = landmark_augment, transfer_augment, transfer_splice
+        self.lm_cfg = landmark_augment
+        self.tr_cfg = transfer.augment if transfer is not None else None
+        self.tr_splice = transfer.splice if transfer is not None else 0.0
 
         def augment(cfg: LandmarkAugmentConfig | None) -> LandmarkAugment | None:
             """The per-frame steps of ``cfg``; its time warp runs apart (warp_landmarks), to know its positions."""
@@ -494,7 +498,7 @@ class StudentDataset(Dataset):
             k = int(base.config.get("num_keypoints") or 0)
             return LandmarkAugment(base.layout, k, replace(cfg, time_warp_prob=0.0))
 
-        self.lm_aug, self.tr_aug = augment(landmark_augment), augment(transfer_augment)
+        self.lm_aug, self.tr_aug = augment(landmark_augment), augment(self.tr_cfg)
 
     def __len__(self) -> int:
         return len(self.base)

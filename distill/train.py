@@ -465,10 +465,10 @@ def _stage_data(recipe: Recipe, stage: StageConfig, teacher: TeacherCache | None
             return MixedDataset(StudentDataset(ds, None, lm_aug),
                                 SegmentDataset(StudentDataset(clean, None, lm_aug), [u.id for u in ds.utts], segments))
     else:
-        views = recipe.transfer if transfer and recipe.transfer else None
+        views = recipe.transfer if transfer else None
 
         def wrap(ds: CacheDataset) -> Dataset:
-            return StudentDataset(ds, teacher, lm_aug, views.augment if views else None, views.splice if views else 0.0)
+            return StudentDataset(ds, teacher, lm_aug, views)
     return wrap
 
 

@@ -3,6 +3,7 @@ clips, distillation end to end without a teacher cache, and a refusal for a teac
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +90,7 @@ def test_transfer_views_are_a_second_draw_of_the_same_clip(cache, twin, tmp_path
     recipe = load_recipe(transfer_recipe(tmp_path, cache))
     assert recipe.transfer.weight == 0.5 and recipe.transfer.augment.swap_prob == 0.0  # no swap unless asked
     ds = CacheDataset(cache, DATASET, "train", ("keypoints",), augment=None)
-    data = StudentDataset(ds, None, None, recipe.transfer.augment)
+    data = StudentDataset(ds, None, None, recipe.transfer)
     items = [data[i] for i in range(3)]
     for it in items:  # same frames as the clip, other values (the affine map always runs here)
         assert it["transfer"]["keypoints"].shape == it["inputs"]["keypoints"].shape
@@ -111,7 +112,7 @@ def test_spliced_views_join_the_clip_to_another_training_clip(cache, tmp_path):
     assert recipe.transfer.splice == 1.0
     ds = CacheDataset(cache, DATASET, "train", ("keypoints",), augment=None)
     clips = [ds[j]["inputs"]["keypoints"].numpy() for j in range(len(ds))]
-    data = StudentDataset(ds, None, None, recipe.transfer.augment, recipe.transfer.splice)
+    data = StudentDataset(ds, None, None, recipe.transfer)
     for i in range(len(ds)):
         own, view = clips[i], data[i]["transfer"]["keypoints"].numpy()
         t = len(own)
@@ -123,9 +124,9 @@ def test_spliced_views_join_the_clip_to_another_training_clip(cache, tmp_path):
             all((rest[k] == clips[j][(s + k) % len(clips[j])]).all() for k in range(len(rest)))
             for s in range(len(clips[j])))]
         assert donors, f"clip {i}: the view's frames after the cut are no other clip's"
-    again = StudentDataset(ds, None, None, recipe.transfer.augment, recipe.transfer.splice)[2]["transfer"]
+    again = StudentDataset(ds, None, None, recipe.transfer)[2]["transfer"]
     assert torch.equal(again["keypoints"], data[2]["transfer"]["keypoints"])  # seeded: replayed on resume
-    plain = StudentDataset(ds, None, None, recipe.transfer.augment)[2]["transfer"]["keypoints"]
+    plain = StudentDataset(ds, None, None, replace(recipe.transfer, splice=0.0))[2]["transfer"]["keypoints"]
     assert torch.equal(plain, ds[2]["inputs"]["keypoints"])  # splice 0, no augment: the clip itself
 
 
